@@ -1,0 +1,1 @@
+"""compress: model in -> smaller model out (PyTorch only, no runtime file formats)."""

@@ -1,0 +1,200 @@
+"""Load any source (HF directory, .gguf file, zoo name) as a torch model + tokenizer; save them.
+
+A .gguf source is dequantized into a float32 torch model by transformers' GGUF loader, with a
+tokenizer rebuilt from the GGUF's own metadata (compress.gguf_tokenizer): transformers' GGUF
+tokenizer conversion is wrong for SmolLM2. The converted checkpoint is cached under
+<cache>/gguf/<sha256 of the file> so the second load reads safetensors in seconds.
+Every checkpoint slimkit writes carries slimkit.json (history) and, when known, gguf_vocab.json
+(the exact llama.cpp vocabulary, so exporting back to GGUF is lossless).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from compress import gguf_file, zoo
+from compress.errors import SlimkitError
+
+HISTORY_FILE = "slimkit.json"
+VOCAB_FILE = "gguf_vocab.json"
+HISTORY_FORMAT = 1
+# HF model_type -> slimkit family (the GGUF exporter has one module per family).
+FAMILIES = {"llama": "llama", "gemma3_text": "gemma3"}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model. Unpacks as `model, tokenizer = load(...)`."""
+
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers PreTrainedTokenizerFast
+    history: dict[str, Any] = field(default_factory=dict)
+    gguf_vocab: Any = None  # compress.gguf_tokenizer.GGUFVocab or None
+    path: Path | None = None  # HF directory the weights were read from
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.tokenizer))
+
+    @property
+    def family(self) -> str:
+        return family_of(self.model.config.model_type)
+
+
+def family_of(model_type: str) -> str:
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        raise SlimkitError(f"unsupported architecture {model_type!r}; slimkit supports "
+                           f"{', '.join(sorted(FAMILIES))} (Llama-style and Gemma-3 text models)") from None
+
+
+def load(source: str | os.PathLike, *, trust_remote_code: bool = False) -> Checkpoint:
+    """Load a HF directory, a .gguf file or a zoo name (see `slimkit zoo`) as float32 torch."""
+    text = str(source)
+    if text in zoo.ZOO:
+        ckpt = load_gguf(zoo.get(text).path())
+        ckpt.history.setdefault("zoo", text)
+        return ckpt
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return load_hf_dir(path, trust_remote_code=trust_remote_code)
+    if path.is_file():
+        if gguf_file.is_gguf(path):
+            return load_gguf(path)
+        raise SlimkitError(f"{path} is neither a GGUF file nor a HF checkpoint directory; "
+                           "give a directory with config.json, a .gguf file or a zoo name")
+    raise SlimkitError(f"{text}: no such file, directory or zoo model; "
+                       f"give a HF directory, a .gguf file or one of: {', '.join(zoo.ZOO)}")
+
+
+def load_hf_dir(path: Path, *, trust_remote_code: bool = False) -> Checkpoint:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise SlimkitError(f"{path} has no config.json; point at a Hugging Face checkpoint directory "
+                           "(config.json + *.safetensors + tokenizer files)")
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type", "?")
+    except json.JSONDecodeError as exc:
+        raise SlimkitError(f"{config_path} is not valid JSON ({exc}); repair or re-save the checkpoint") from None
+    family_of(model_type)
+    if not any(path.glob("*.safetensors")):
+        raise SlimkitError(f"{path} has no *.safetensors weights; slimkit loads safetensors only "
+                           "(re-save with save_pretrained(safe_serialization=True))")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimkitError(f"cannot load {path}: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    history = json.loads((path / HISTORY_FILE).read_text()) if (path / HISTORY_FILE).is_file() else {}
+    vocab = None
+    if (path / VOCAB_FILE).is_file():
+        from compress.gguf_tokenizer import GGUFVocab
+
+        vocab = GGUFVocab.from_json(path / VOCAB_FILE)
+    return Checkpoint(model, tokenizer, history or {"format": HISTORY_FORMAT, "source": str(path), "stages": []},
+                      vocab, path)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_gguf(path: Path) -> Checkpoint:
+    """Dequantize a GGUF into float32 torch (cached by the file's sha256)."""
+    arch = gguf_file.check(path)  # raises SlimkitError for truncated/corrupt/unsupported files
+    sha = file_sha256(path)
+    cached = zoo.cache_dir() / "gguf" / sha[:32]
+    if (cached / HISTORY_FILE).is_file():
+        return load_hf_dir(cached)
+    model, tokenizer, vocab = _convert_gguf(path, arch)
+    history = {"format": HISTORY_FORMAT, "source": str(path), "source_sha256": sha,
+               "stages": [{"stage": "load", "config": {"from": "gguf", "file": path.name,
+                                                        "file_type": gguf_file.file_type_name(path)}}]}
+    ckpt = Checkpoint(model, tokenizer, history, vocab, None)
+    try:
+        save(ckpt, cached)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    else:
+        ckpt.path = cached
+    return ckpt
+
+
+def _convert_gguf(path: Path, arch: str):
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from compress.gguf_tokenizer import tokenizer_from_vocab, vocab_from_gguf
+
+    vocab = vocab_from_gguf(path)
+    tokenizer = tokenizer_from_vocab(vocab)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    model.eval()
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config  # weights are dequantized: this is a plain float checkpoint now
+    for key in ("bos", "eos", "pad", "unk"):
+        tok_id = getattr(vocab, f"{key}_id", None)
+        setattr(cfg, f"{key}_token_id", tok_id)
+    cfg.name_or_path = path.stem
+    model.generation_config = GenerationConfig.from_model_config(cfg)
+    return model, tokenizer, vocab
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(ckpt: Checkpoint, out_dir: str | os.PathLike, *, stage: dict[str, Any] | None = None) -> Path:
+    """Write a HF safetensors directory + slimkit.json (+ gguf_vocab.json), atomically.
+
+    `stage` ({"stage": name, "config": {...}, "metrics": {...}}) is appended to the history with
+    the parent's weight hash, so the chain of transformations can be audited.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    history = json.loads(json.dumps(ckpt.history or {"format": HISTORY_FORMAT, "stages": []}))
+    history.setdefault("stages", [])
+    if stage is not None:
+        history["stages"].append({**stage, "parent_sha256": history.get("weights_sha256")})
+    history["family"] = family_of(ckpt.model.config.model_type)
+    history["architecture"] = ckpt.model.config.to_dict()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        ckpt.model.save_pretrained(tmp, safe_serialization=True)
+        ckpt.tokenizer.save_pretrained(tmp)
+        if ckpt.gguf_vocab is not None:
+            ckpt.gguf_vocab.to_json(tmp / VOCAB_FILE)
+        weights = sorted(tmp.glob("*.safetensors"))
+        history["weights_sha256"] = file_sha256(weights[0]) if len(weights) == 1 else None
+        (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2, default=str))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    ckpt.history, ckpt.path = history, out
+    return out

@@ -1,0 +1,1 @@
+"""GGUF block numerics in torch (formats.py is the single source of truth)."""

@@ -1,0 +1,1 @@
+"""devices: artifact -> measurements on a target (imports neither compress nor export)."""

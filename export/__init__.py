@@ -1,0 +1,1 @@
+"""export: model -> artifact (GGUF, ONNX, Ollama); may import compress, never devices."""

@@ -1,0 +1,38 @@
+"""Llama family (SmolLM2, Llama 2/3 without rope scaling, TinyLlama, ...)."""
+from __future__ import annotations
+
+import gguf
+import torch
+
+from export.gguf.arch.base import ArchSpec, register
+
+
+def permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF's rotate-half Q/K rows -> llama.cpp's interleaved RoPE pairs (LlamaModel.permute)."""
+    # (n_head * head_dim, n_in) -> (n_head, 2, head_dim/2, n_in) -> swap -> back
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@register
+class Llama(ArchSpec):
+    gguf_arch = gguf.MODEL_ARCH.LLAMA
+    hf_model_types = ("llama",)
+
+    def parameters(self, w: gguf.GGUFWriter) -> None:
+        super().parameters(w)
+        c = self.config
+        rope = self.rope_parameters()
+        w.add_rope_dimension_count(self.head_dim)
+        w.add_rope_freq_base(rope.get("rope_theta", 10000.0))
+        self.add_rope_scaling(w, rope)
+        if self.head_dim != c.hidden_size // c.num_attention_heads:
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
+
+    def transform(self, hf_name: str, tensor: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if hf_name.endswith("self_attn.q_proj.weight"):
+            return permute_rope(tensor, c.num_attention_heads)
+        if hf_name.endswith("self_attn.k_proj.weight"):
+            return permute_rope(tensor, c.num_key_value_heads)
+        return tensor

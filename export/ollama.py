@@ -1,0 +1,542 @@
+"""Ollama packaging: a Modelfile for a GGUF, a package directory, and a local model store.
+
+Format facts come from Ollama's Go source: parser/parser.go (Modelfile grammar: no escapes, `"`
+and triple-quote values), types/model/name.go (names), server/create.go + manifest/*.go (blobs,
+layers, manifest), types/model/config.go (config blob), api/types.go (parameter types).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from compress.errors import SlimkitError
+
+MODELFILE = "Modelfile"
+MAX_DEFAULT_NUM_CTX = 4096  # default context cap: KV-cache memory on phones and edge boards
+DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
+MEDIA_MODEL = "application/vnd.ollama.image.model"
+MEDIA_TEMPLATE = "application/vnd.ollama.image.template"
+MEDIA_SYSTEM = "application/vnd.ollama.image.system"
+MEDIA_LICENSE = "application/vnd.ollama.image.license"
+MEDIA_PARAMS = "application/vnd.ollama.image.params"
+MEDIA_CONFIG = "application/vnd.docker.container.image.v1+json"
+MEDIA_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_OS, CONFIG_ARCH = "linux", "amd64"  # CreateHandler hard-codes both, whatever the host
+_SENTINEL = "SLIMKIT-SENTINEL-5f0c"  # user message content when rendering the jinja template
+_MISSING = "!MISSING!"  # name.go's MissingPart: a promised but empty part, never valid
+_NAME_PARTS = ((350, b"-_.:"), (80, b"-_"), (80, b"-_."), (80, b"-_."))  # host, namespace, model, tag
+_CHUNK = 1 << 20
+# api/types.go Options + Runner: the JSON type FormatParams gives each PARAMETER.
+_INT_PARAMS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep",
+                         "draft_num_predict", "seed", "num_predict", "top_k", "repeat_last_n"})
+_FLOAT_PARAMS = frozenset({"top_p", "min_p", "typical_p", "temperature", "repeat_penalty",
+                           "presence_penalty", "frequency_penalty"})
+_DEPRECATED_PARAMS = frozenset({"penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only",
+                                "use_mlock", "mirostat", "mirostat_tau", "mirostat_eta"})
+_COMMANDS = frozenset({"from", "license", "template", "system", "adapter", "draft", "renderer",
+                       "parser", "parameter", "message", "requires"})
+_GO_TRUE, _GO_FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat format: how to spot it in a GGUF's jinja template, and its Ollama Go template."""
+    name: str
+    marker: str  # substring of the jinja chat template that identifies the format
+    template: str  # Go template ranging over .Messages, like Ollama's own templates
+    stops: tuple[str, ...]
+    system_pattern: str  # regex for a system prompt in the text rendered before the user message
+
+
+CHATML = ChatFormat(
+    "chatml", "<|im_start|>",
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+    "{{ end }}<|im_start|>assistant\n",
+    ("<|im_start|>", "<|im_end|>"), r"<\|im_start\|>system\n(.*?)<\|im_end\|>")
+# Gemma has no system role: Google's template prepends "SYSTEM\n\n" to the first user turn.
+GEMMA = ChatFormat(
+    "gemma", "<start_of_turn>",
+    "{{- $system := .System }}\n{{- range .Messages }}\n"
+    '{{- if eq .Role "user" }}<start_of_turn>user\n'
+    '{{ if $system }}{{ $system }}\n\n{{ $system = "" }}{{ end }}{{ .Content }}<end_of_turn>\n'
+    '{{ else if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n'
+    "{{ end }}\n{{- end }}<start_of_turn>model\n",
+    ("<end_of_turn>",), r"<start_of_turn>user\n(.+?)\n\n$")
+CHAT_FORMATS = {f.name: f for f in (CHATML, GEMMA)}
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    architecture: str
+    chat_template: str | None
+    context_length: int | None
+    file_type: str  # Ollama's FileType.String(): "Q8_0", ...; "unknown" if absent or 0 (F32)
+    parameter_count: int  # sum of tensor elements, as Ollama's GGUF decoder counts
+    bos: str | None
+    eos: str | None
+    end_tokens: tuple[str, ...]  # texts of the eos / eot / eom token ids
+
+
+def modelfile_for(gguf_path: str | os.PathLike[str], *, license_text: str | None = None,
+                  num_ctx: int | None = None, system: str | None = None,
+                  chat_format: str | None = None) -> str:
+    """A Modelfile for the GGUF placed beside it (FROM ./NAME.gguf).
+
+    chat_format ("chatml" | "gemma") overrides detection from tokenizer.chat_template; system=None
+    keeps the default system prompt the GGUF's jinja template injects, "" writes none.
+    """
+    path = Path(gguf_path)
+    info = read_gguf(path)
+    fmt = _chat_format(info, chat_format, path.name)
+    system = _default_system(info, fmt, path.name) if system is None else system
+    if num_ctx is None:
+        num_ctx = min(info.context_length or MAX_DEFAULT_NUM_CTX, MAX_DEFAULT_NUM_CTX)
+    if isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx <= 0:
+        raise SlimkitError(f"num_ctx must be a positive integer, got {num_ctx!r}")
+    lines = [f"# Ollama Modelfile written by slimkit for {path.name} (chat format: {fmt.name})",
+             f"FROM {_quote('./' + path.name, 'the GGUF file name')}",
+             f"TEMPLATE {_quote(fmt.template, 'TEMPLATE', block=True)}"]
+    if system:
+        lines.append(f"SYSTEM {_quote(system, 'the system prompt', block=True)}")
+    lines += [f"PARAMETER stop {_quote(s, 'a stop token')}" for s in dict.fromkeys(fmt.stops + info.end_tokens)]
+    lines.append(f"PARAMETER num_ctx {num_ctx}")
+    if license_text:
+        text = license_text.replace("\r\n", "\n")
+        lines.append(f"LICENSE {_quote(text, 'the license text', block=True)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_package(gguf_path: str | os.PathLike[str], name: str, out_dir: str | os.PathLike[str],
+                  **modelfile_kwargs: Any) -> Path:
+    """OUT_DIR/Modelfile with the GGUF beside it (hard link, else copy); returns the Modelfile path."""
+    src, out = Path(gguf_path), Path(out_dir)
+    parse_name(name)
+    if not src.is_file():
+        raise SlimkitError(f"{src} is not a file; pass the .gguf file to package")
+    text = f"# install: ollama create {name} -f {MODELFILE}\n" + modelfile_for(src, **modelfile_kwargs)
+    created = _make_dirs(out, "the package directory")
+    dst, placed = out / src.name, False
+    try:
+        if not (dst.exists() and os.path.samefile(src, dst)):
+            _atomic_write(dst, src=src, link=True)
+            placed = True
+        _atomic_write(out / MODELFILE, text.encode())
+    except OSError as exc:
+        if placed:
+            dst.unlink(missing_ok=True)
+        _remove_empty(created)
+        raise SlimkitError(f"cannot write the package in {out} ({exc.strerror or exc}); "
+                           "choose a writable output directory (-o)") from None
+    return out / MODELFILE
+
+
+def install(package_dir: str | os.PathLike[str], name: str,
+            models_dir: str | os.PathLike[str] | None = None) -> str:
+    """`ollama create` when ollama is on PATH and models_dir is None; else write the model store
+    (models_dir, $OLLAMA_MODELS or ~/.ollama/models) as `ollama create` does. Says what it did."""
+    modelfile = Path(package_dir)
+    modelfile = modelfile / MODELFILE if modelfile.is_dir() else modelfile
+    if not modelfile.is_file():
+        raise SlimkitError(f"no Modelfile at {modelfile}; write the package first (slimkit package ollama)")
+    parts = parse_name(name)
+    exe = shutil.which("ollama") if models_dir is None else None
+    if exe:
+        proc = subprocess.run([exe, "create", name, "-f", str(modelfile.resolve())],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            detail = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+            raise SlimkitError(f"`ollama create {name}` failed ({detail}); start the server "
+                               "(`ollama serve`) or pass a models directory to write the store directly")
+        return f"ran: ollama create {name} -f {modelfile.resolve()}"
+    root = Path(models_dir) if models_dir is not None else default_models_dir()
+    try:
+        return f"installed {name} into {root}: " + _write_store(modelfile, parts, root)
+    except OSError as exc:
+        raise SlimkitError(f"cannot write the Ollama model store {root} ({exc.strerror or exc}); "
+                           "pass a writable models directory (--models-dir)") from None
+
+
+def default_models_dir() -> Path:
+    """envconfig.Models(): $OLLAMA_MODELS (trimmed of spaces and quotes) or ~/.ollama/models."""
+    env = os.environ.get("OLLAMA_MODELS", "").strip().strip("\"'")
+    return Path(env) if env else Path.home() / ".ollama" / "models"
+
+
+def parse_name(name: str) -> tuple[str, str, str, str]:
+    """[host/][namespace/]model[:tag] -> (host, namespace, model, tag) like name.go ParseName."""
+    s, tag, host, namespace = name, "", "", ""
+    if s.rfind(":") > s.rfind("/"):
+        s, tag = _cut(s, ":")
+    s, model = _cut(s, "/") if "/" in s else ("", s)
+    if s:
+        s, namespace = _cut(s, "/") if "/" in s else ("", s)
+        host = s.split("://", 1)[-1]
+    parts = (host or DEFAULT_HOST, namespace or DEFAULT_NAMESPACE, model, tag or DEFAULT_TAG)
+    for part, (limit, extra) in zip(parts, _NAME_PARTS):
+        raw = part.encode()
+        if not (1 <= len(raw) <= limit and _alnum(raw[0]) and all(_alnum(c) or c in extra for c in raw)):
+            raise SlimkitError(f"invalid Ollama model name {name!r}: use NAME[:TAG] of letters, digits, "
+                               "'_', '-', '.' (1-80 characters, starting with a letter, digit or '_')")
+    return parts
+
+
+def read_gguf(path: Path) -> GGUFInfo:
+    """The GGUF metadata the Modelfile and the store config need."""
+    import gguf  # lazy: numpy-backed reader
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except (OSError, ValueError) as exc:
+        raise SlimkitError(f"cannot read {path} as GGUF ({exc}); pass a .gguf file") from None
+
+    def value(key: str) -> Any:
+        field = reader.get_field(key)
+        return None if field is None else field.contents()
+
+    tokens = reader.get_field(gguf.Keys.Tokenizer.LIST)
+
+    def token(key: str) -> str | None:
+        idx = value(key)
+        ok = tokens is not None and isinstance(idx, int) and 0 <= idx < len(tokens.data)
+        return tokens.contents(idx) if ok else None
+
+    if not (arch := value(gguf.Keys.General.ARCHITECTURE)):
+        raise SlimkitError(f"{path} has no general.architecture; pass a model GGUF")
+    names = {t.value: t.name.split("_", 1)[1] for t in gguf.LlamaFileType if t.value not in (0, 1024)}
+    ends = [token(k) for k in (gguf.Keys.Tokenizer.EOS_ID, gguf.Keys.Tokenizer.EOT_ID, gguf.Keys.Tokenizer.EOM_ID)]
+    return GGUFInfo(arch, value(gguf.Keys.Tokenizer.CHAT_TEMPLATE),
+                    value(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch)),
+                    names.get(value(gguf.Keys.General.FILE_TYPE), "unknown"),
+                    sum(int(t.n_elements) for t in reader.tensors),
+                    token(gguf.Keys.Tokenizer.BOS_ID), ends[0], tuple(t for t in ends if t))
+
+
+def parse_modelfile(text: str) -> list[tuple[str, str]]:
+    """(name, args) as parser.go's ParseFile yields them: FROM -> ("model", path), PARAMETER K V ->
+    (K, V), MESSAGE R T -> ("message", "R: T"); values unquoted, runes it drops dropped."""
+    text, out, i = text.removeprefix("\ufeff"), [], 0
+    while i < len(text):
+        if text[i] in " \t\r\n":
+            i += 1
+        elif text[i] == "#":  # comment to the end of the line
+            i = len(text) if (nl := text.find("\n", i)) < 0 else nl + 1
+        else:
+            j = _scan(text, i, str.isalpha)
+            word, prefix = text[i:j].lower(), ""
+            if word not in _COMMANDS or text[j:j + 1] not in (" ", "\t"):
+                raise _syntax(text, i, "expected an instruction (FROM, TEMPLATE, PARAMETER, ...)")
+            name, k = ("model" if word == "from" else word), j
+            if word == "parameter":
+                k = _scan(text, j + 1, lambda c: c.isalnum() or c == "_")
+                name = text[j + 1:k]
+            elif word == "message":
+                k = _scan(text, j + 1, str.isalpha)
+                prefix = text[j + 1:k] + ": "
+                if prefix not in ("system: ", "user: ", "assistant: "):
+                    raise _syntax(text, j, 'a MESSAGE role must be "system", "user" or "assistant"')
+            if text[k:k + 1] not in (" ", "\t"):
+                raise _syntax(text, j, f"malformed {word.upper()} line")
+            args, i = _value(text, k + 1)
+            out.append((name, prefix + args))
+    if not any(cmd == "model" for cmd, _ in out):
+        raise SlimkitError("the Modelfile has no FROM line; add FROM ./MODEL.gguf")
+    return out
+
+
+# -- Modelfile helpers ---------------------------------------------------------------------------
+
+def _chat_format(info: GGUFInfo, chosen: str | None, what: str) -> ChatFormat:
+    if chosen is not None:
+        if chosen not in CHAT_FORMATS:
+            raise SlimkitError(f"unknown chat format {chosen!r}; choose one of {', '.join(CHAT_FORMATS)}")
+        return CHAT_FORMATS[chosen]
+    for fmt in CHAT_FORMATS.values():
+        if info.chat_template and fmt.marker in info.chat_template:
+            return fmt
+    kind = "an unknown chat template" if info.chat_template else "no chat template"
+    raise SlimkitError(f"{what} has {kind} (slimkit writes {', '.join(CHAT_FORMATS)}); "
+                       "pass chat_format= (CLI: --chat-format) to choose the template")
+
+
+def _default_system(info: GGUFInfo, fmt: ChatFormat, what: str) -> str:
+    """The system prompt the GGUF's jinja template injects when none is given (SmolLM2 has one)."""
+    if not info.chat_template or fmt.marker not in info.chat_template:
+        return ""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    # The environment transformers renders chat templates in.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.globals.update(raise_exception=raise_exception, strftime_now=time.strftime)
+    try:
+        rendered = env.from_string(info.chat_template).render(
+            messages=[{"role": "user", "content": _SENTINEL}], add_generation_prompt=True,
+            bos_token=info.bos or "", eos_token=info.eos or "", tools=None)
+    except Exception as exc:  # any template failure: the user can still name the system prompt
+        raise SlimkitError(f"cannot render the chat template of {what} ({exc}); "
+                           "pass system= (CLI: --system) to set the system prompt") from None
+    match = re.search(fmt.system_pattern, rendered.split(_SENTINEL, 1)[0], re.DOTALL)
+    return match.group(1) if match else ""
+
+
+def _go_printable(c: str) -> bool:
+    """strconv.IsPrint; Ollama's parser silently drops other runes (tab and line ends aside)."""
+    return c == " " or unicodedata.category(c)[0] in "LMNPS"
+
+
+def _quote(value: str, what: str, block: bool = False) -> str:
+    """A value parser.go reads back unchanged: bare if it can be, else in triple quotes."""
+    if bad := [c for c in value if not (_go_printable(c) or c in "\t\n")]:
+        raise SlimkitError(f"{what} contains {bad[0]!r}, which Ollama's Modelfile parser drops; remove it")
+    if not block and value and value == value.strip() and "\n" not in value and value[0] != '"':
+        return value
+    if '"""' in value:  # the parser has no escapes: this would end the value early
+        raise SlimkitError(f'{what} contains """, which a Modelfile cannot quote; remove it')
+    return f'"""{value}"""'
+
+
+def _value(text: str, i: int) -> tuple[str, int]:
+    """A value ends at the first line end where its quotes are balanced (parser.go stateValue)."""
+    buf: list[str] = []
+    for j in range(i, len(text) + 1):
+        if j == len(text) or text[j] in "\r\n":
+            s = "".join(buf).strip()
+            q = '"""' if s.startswith('"""') else '"' if s.startswith('"') else ""
+            if not q or (len(s) >= 2 * len(q) and s.endswith(q)):
+                return s[len(q):len(s) - len(q)], j + 1
+            if j == len(text):
+                raise SlimkitError('the Modelfile ends inside a quoted value; close its quotes')
+        if text[j] in "\r\n\t" or _go_printable(text[j]):
+            buf.append(text[j])
+    raise AssertionError("unreachable")
+
+
+def _scan(text: str, i: int, pred: Callable[[str], bool]) -> int:
+    while i < len(text) and text[i].isascii() and pred(text[i]):
+        i += 1
+    return i
+
+
+def _syntax(text: str, i: int, msg: str) -> SlimkitError:
+    return SlimkitError(f"Modelfile line {text.count(chr(10), 0, i) + 1}: {msg}")
+
+
+def _cut(s: str, sep: str) -> tuple[str, str]:
+    before, _, after = s.rpartition(sep)
+    return before or _MISSING, after or _MISSING
+
+
+def _alnum(c: int) -> bool:
+    return c < 128 and (chr(c).isalnum() or chr(c) == "_")
+
+
+# -- model store ---------------------------------------------------------------------------------
+
+def _write_store(modelfile: Path, name: tuple[str, str, str, str], root: Path) -> str:
+    """blobs/sha256-HEX + manifests/HOST/NAMESPACE/MODEL/TAG, as server/create.go createModel."""
+    req = _request(parse_modelfile(modelfile.read_text(encoding="utf-8")), modelfile.parent)
+    info = read_gguf(req["model"])
+    blobs, manifests = root / "blobs", root / "manifests"
+    for d in (blobs, manifests):
+        _make_dirs(d, "the Ollama models directory")
+    new: list[str] = []
+    layers = [_blob(blobs, MEDIA_MODEL, new, src=req["model"])]
+    layers += [_blob(blobs, m, new, req[k].encode()) for m, k in ((MEDIA_TEMPLATE, "template"),
+                                                                   (MEDIA_SYSTEM, "system")) if req[k]]
+    layers += [_blob(blobs, MEDIA_LICENSE, new, text.encode()) for text in req["license"]]
+    if req["params"]:  # a Go map[string]any: encoded with sorted keys
+        layers.append(_blob(blobs, MEDIA_PARAMS, new, _go_json(dict(sorted(req["params"].items())))))
+    config = {"model_format": "gguf", "model_family": info.architecture,  # model.ConfigV2 order
+              "model_families": [info.architecture], "model_type": _human_number(info.parameter_count),
+              "file_type": info.file_type, "architecture": CONFIG_ARCH, "os": CONFIG_OS,
+              # rootfs as written up to Ollama 0.32.7; later versions dropped it unread
+              "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]}}
+    manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+                "config": _blob(blobs, MEDIA_CONFIG, new, _go_json(config)), "layers": layers}
+    path = manifests.joinpath(*name)
+    old = _digests(path)
+    _make_dirs(path.parent, "the Ollama models directory")
+    _atomic_write(path, _go_json(manifest))
+    if old and os.environ.get("OLLAMA_NOPRUNE", "").strip().strip("\"'") in ("", *_GO_FALSE):
+        in_use = set().union(*(_digests(p) for p in manifests.glob("*/*/*/*") if p.is_file()))
+        for digest in old - in_use:  # Manifest.RemoveLayers of the replaced manifest
+            (blobs / digest.replace(":", "-")).unlink(missing_ok=True)
+    return f"{len(layers)} layers, {len(new)} new blobs, manifest {path.relative_to(root)}"
+
+
+def _request(cmds: list[tuple[str, str]], base: Path) -> dict[str, Any]:
+    """Modelfile commands -> the CreateRequest fields a local-GGUF create uses (parser.go)."""
+    req: dict[str, Any] = {"model": None, "template": "", "system": "", "license": [], "params": {}}
+    for cmd, args in cmds:
+        if cmd == "model":
+            path = Path(os.path.expanduser(args))
+            req["model"] = path if path.is_absolute() else base / path
+        elif cmd in ("template", "system"):
+            req[cmd] = args
+        elif cmd == "license":
+            req["license"].append(args)
+        elif cmd in ("message", "adapter", "draft", "renderer", "parser", "requires"):
+            raise SlimkitError(f"{cmd.upper()} is not supported by slimkit's store writer; "
+                               "install Ollama and let `ollama create` read this Modelfile")
+        elif cmd not in _DEPRECATED_PARAMS:  # parser.go skips those with a warning
+            value = _param(cmd, args)
+            req["params"][cmd] = req["params"].get(cmd, []) + value if cmd == "stop" else value
+    if req["model"] is None or not req["model"].is_file():
+        raise SlimkitError(f"FROM {req['model']} is not a local GGUF file; write the package again "
+                           "or use `ollama create` for FROM <model name>")
+    if not req["template"]:
+        raise SlimkitError("the Modelfile has no TEMPLATE, which `ollama create` would guess from its "
+                           "own list; keep slimkit's TEMPLATE line or install with ollama")
+    return req
+
+
+def _param(key: str, raw: str) -> Any:
+    """One PARAMETER typed like api.FormatParams: int64, float32, bool or []string."""
+    if key == "stop":
+        return [raw]
+    if key in _INT_PARAMS and re.fullmatch(r"[+-]?[0-9]+", raw) and abs(int(raw)) < 2**63:
+        return int(raw)
+    if key in _FLOAT_PARAMS and re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", raw):
+        import numpy as np
+
+        with np.errstate(over="ignore"):
+            if np.isfinite(value := np.float32(raw)):
+                return value
+    if key == "use_mmap" and raw in _GO_TRUE + _GO_FALSE:
+        return raw in _GO_TRUE
+    kind = "invalid value" if key in _INT_PARAMS | _FLOAT_PARAMS | {"use_mmap"} else "unknown parameter"
+    raise SlimkitError(f"PARAMETER {key} {raw}: {kind}; see Ollama's Modelfile reference")
+
+
+def _go_json(obj: Any) -> bytes:
+    """The bytes of Go's json.Encoder.Encode: compact, <>& escaped, float32 shortest, newline."""
+    def enc(o: Any) -> str:
+        if isinstance(o, dict):
+            return "{" + ",".join(f"{enc(k)}:{enc(v)}" for k, v in o.items()) + "}"
+        if isinstance(o, list):
+            return "[" + ",".join(enc(v) for v in o) + "]"
+        if type(o).__name__ == "float32":
+            return _go_float32(o)
+        s = json.dumps(o, ensure_ascii=False)
+        for c in "<>&\u2028\u2029":
+            s = s.replace(c, f"\\u{ord(c):04x}")
+        return s
+    return (enc(obj) + "\n").encode()
+
+
+def _go_float32(x: Any) -> str:
+    """encoding/json floatEncoder(32): shortest 'f' form, 'e' form (e-7) off [1e-6, 1e21)."""
+    import numpy as np
+
+    if x != 0 and not 1e-6 <= abs(x) < 1e21:
+        return re.sub(r"e-0(\d)$", r"e-\1", np.format_float_scientific(x, unique=True, trim="-"))
+    return np.format_float_positional(x, unique=True, trim="-")
+
+
+def _human_number(n: int) -> str:
+    """format.HumanNumber, the parameter size `ollama show` prints: 135M, 268.10M, 1.5B."""
+    for unit, suffix, places in ((10**9, "B", 1), (10**6, "M", 2)):
+        if n >= unit:
+            return f"{n / unit:.{0 if n % unit == 0 else places}f}{suffix}"
+    return f"{n / 1000:.0f}K" if n >= 1000 else str(n)
+
+
+def _blob(blobs: Path, media: str, new: list[str], data: bytes | None = None,
+          src: Path | None = None) -> dict[str, Any]:
+    """A content-addressed blob and its manifest.Layer; an existing blob is kept if it verifies."""
+    digest, size = _sha256(data, src)
+    path = blobs / f"sha256-{digest}"
+    if not (path.is_file() and path.stat().st_size == size and _sha256(None, path)[0] == digest):
+        _atomic_write(path, data, src)
+        new.append(digest)
+    return {"mediaType": media, "digest": f"sha256:{digest}", "size": size}
+
+
+def _sha256(data: bytes | None, src: Path | None) -> tuple[str, int]:
+    if src is None:
+        return hashlib.sha256(data or b"").hexdigest(), len(data or b"")
+    h, size = hashlib.sha256(), 0
+    with open(src, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _digests(manifest: Path) -> set[str]:
+    try:
+        m = json.loads(manifest.read_bytes())
+        return {layer["digest"] for layer in [m["config"], *m["layers"]]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+# -- atomic files --------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, data: bytes | None = None, src: Path | None = None, link: bool = False) -> None:
+    """Temp file in the same directory (a hard link of src if asked and possible, else a copy
+    fsync'ed), then os.replace: readers see the old file or the whole new one, never a part."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        try:
+            if not (link and src is not None):
+                raise OSError("copy")
+            os.link(src, tmp)
+        except OSError:  # other filesystem, or links refused: copy
+            with open(tmp, "xb") as f:
+                if src is None:
+                    f.write(data or b"")
+                else:
+                    with open(src, "rb") as s:
+                        shutil.copyfileobj(s, f, _CHUNK)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _make_dirs(path: Path, what: str) -> list[Path]:
+    """mkdir -p; returns the directories it created, outermost first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _remove_empty(missing)
+        raise SlimkitError(f"cannot create {what} {path} ({exc.strerror or exc}); "
+                           "choose a writable location") from None
+    return missing
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in reversed(dirs):
+        with contextlib.suppress(OSError):
+            d.rmdir()

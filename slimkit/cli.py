@@ -1,0 +1,143 @@
+"""slimkit command line: parse, call one verb, print. Bad input -> one line, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from compress import zoo
+
+    rows = [("name", "family", "params", "shipped as", "license", "pip package")]
+    rows += [(e.name, e.family, e.params, e.quant, e.license, e.package) for e in zoo.ZOO.values()]
+    _print_table(rows)
+    return 0
+
+
+def _cmd_export_gguf(args: argparse.Namespace) -> int:
+    from export.gguf.writer import export_gguf
+
+    res = export_gguf(args.source, args.output, args.type, validate=not args.no_validate)
+    print(f"wrote {res.path} ({res.type}, {res.file_mb:.1f} MB) in {res.seconds:.1f} s")
+    if res.validation:
+        v = res.validation
+        print(f"validated in llama.cpp on {v['n_tokens']} tokens: tokenizer identical, "
+              f"max |dlogit| {v['max_abs_diff']:.3g}, top-1 agreement {v['top1_agreement']:.3f}, "
+              f"mean KL {v['mean_kl']:.3g}" + (f" (tolerance {v['tolerance']:.3g})" if "tolerance" in v else ""))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from slimkit.evaluation import evaluate_source
+
+    result = evaluate_source(args.source, args.text, ctx=args.ctx, max_chunks=args.max_chunks, progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['source']}: perplexity {result['ppl']:.4f} over {result['tokens_scored']} tokens "
+              f"({result['windows']} windows of {result['ctx']}, runtime {result['runtime']})")
+    return 0
+
+
+def _cmd_package_ollama(args: argparse.Namespace) -> int:
+    from export import ollama
+
+    kwargs = {}
+    if args.num_ctx:
+        kwargs["num_ctx"] = args.num_ctx
+    pkg = ollama.write_package(args.model, args.name, args.output, **kwargs)
+    print(f"wrote Ollama package {pkg}")
+    if args.install:
+        print(ollama.install(pkg, args.name, args.models_dir))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from slimkit.demo import run_demo
+
+    return run_demo(args.output, source=args.source, text=args.text, max_chunks=args.max_chunks)
+
+
+def _print_table(rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for k, r in enumerate(rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from export.gguf.types import ALL_TYPES
+
+    p = argparse.ArgumentParser(prog="slimkit", description="Compress small language models for devices.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("zoo", help="list the bundled models")
+    s.set_defaults(func=_cmd_zoo)
+
+    ex = sub.add_parser("export", help="export a checkpoint to an artifact").add_subparsers(dest="format", required=True)
+    s = ex.add_parser("gguf", help="write GGUF for llama.cpp (validated in llama.cpp by default)")
+    s.add_argument("source", help="HF directory, .gguf file or zoo name")
+    s.add_argument("-o", "--output", required=True, type=Path, help="output .gguf file")
+    s.add_argument("--type", default="F16", metavar="TYPE", help=f"tensor type: {', '.join(ALL_TYPES)}")
+    s.add_argument("--no-validate", action="store_true", help="skip the llama.cpp parity check")
+    s.set_defaults(func=_cmd_export_gguf)
+
+    s = sub.add_parser("eval", help="perplexity of a checkpoint or a .gguf on a text file")
+    s.add_argument("source", help="HF directory, .gguf file or zoo name")
+    s.add_argument("--text", required=True, type=Path, help="UTF-8 text file (.gz accepted)")
+    s.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
+    s.add_argument("--max-chunks", type=int, default=None, help="score at most N windows")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(func=_cmd_eval)
+
+    pk = sub.add_parser("package", help="package an artifact for a runtime").add_subparsers(dest="runtime", required=True)
+    s = pk.add_parser("ollama", help="write an Ollama Modelfile package (and optionally install it)")
+    s.add_argument("model", type=Path, help="the .gguf file")
+    s.add_argument("--name", required=True, help="Ollama model name, e.g. smollm2-slim:q4")
+    s.add_argument("-o", "--output", required=True, type=Path, help="package directory")
+    s.add_argument("--num-ctx", type=int, default=None, help="PARAMETER num_ctx (default min(context, 4096))")
+    s.add_argument("--install", action="store_true", help="install into an Ollama model store")
+    s.add_argument("--models-dir", type=Path, default=None, help="Ollama models dir (default $OLLAMA_MODELS or ~/.ollama/models)")
+    s.set_defaults(func=_cmd_package_ollama)
+
+    s = sub.add_parser("demo", help="the default job until `slimkit run` lands: export, validate, evaluate, package")
+    s.add_argument("-o", "--output", type=Path, default=Path("runs/default"))
+    s.add_argument("--source", default="smollm2-135m-instruct")
+    s.add_argument("--text", type=Path, default=None, help="evaluation text (default: shared WikiText-2 if present)")
+    s.add_argument("--max-chunks", type=int, default=8)
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from compress.errors import SlimkitError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SlimkitError as exc:
+        if args.debug:
+            raise
+        print(f"slimkit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if args.debug:
+            raise
+        hint = " (disk full: free space or choose another output directory)" if exc.errno == errno.ENOSPC else ""
+        print(f"slimkit: error: {exc.strerror or exc}: {exc.filename or ''}{hint}".rstrip(": "), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("slimkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

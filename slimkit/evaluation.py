@@ -1,0 +1,24 @@
+"""`slimkit eval`: perplexity of any source or artifact under compress.evaluate's protocol."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compress import gguf_file
+from compress.evaluate import read_text, torch_perplexity
+
+
+def evaluate_source(source: str, text_path: str | Path, ctx: int = 512, max_chunks: int | None = None,
+                    progress: bool = False) -> dict[str, Any]:
+    text = read_text(text_path)
+    path = Path(source)
+    if path.is_file() and gguf_file.is_gguf(path):
+        from export.runtime import gguf_perplexity
+
+        result, runtime = gguf_perplexity(path, text, ctx, max_chunks, progress), "llama.cpp"
+    else:
+        from compress.checkpoint import load
+
+        model, tokenizer = load(source)
+        result, runtime = torch_perplexity(model, tokenizer, text, ctx, max_chunks, progress), "torch"
+    return {"source": str(source), "runtime": runtime, "text": str(text_path), **result.to_dict()}
