@@ -147,6 +147,7 @@ def _convert_gguf(path: Path, arch: str):
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config  # weights are dequantized: this is a plain float checkpoint now
+    model.hf_quantizer = None
     for key in ("bos", "eos", "pad", "unk"):
         tok_id = getattr(vocab, f"{key}_id", None)
         setattr(cfg, f"{key}_token_id", tok_id)

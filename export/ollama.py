@@ -7,6 +7,7 @@ layers, manifest), types/model/config.go (config blob), api/types.go (parameter 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -74,6 +75,7 @@ GEMMA = ChatFormat(
     "{{ end }}\n{{- end }}<start_of_turn>model\n",
     ("<end_of_turn>",), r"<start_of_turn>user\n(.+?)\n\n$")
 CHAT_FORMATS = {f.name: f for f in (CHATML, GEMMA)}
+_TURN_TOKENS = frozenset(t for f in CHAT_FORMATS.values() for t in (f.marker, *f.stops))
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class GGUFInfo:
     bos: str | None
     eos: str | None
     end_tokens: tuple[str, ...]  # texts of the eos / eot / eom token ids
+    turn_tokens: frozenset[str]  # the chat formats' markers and stops found in the vocabulary
 
 
 def modelfile_for(gguf_path: str | os.PathLike[str], *, license_text: str | None = None,
@@ -191,8 +194,18 @@ def parse_name(name: str) -> tuple[str, str, str, str]:
     return parts
 
 
-def read_gguf(path: Path) -> GGUFInfo:
-    """The GGUF metadata the Modelfile and the store config need."""
+def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
+    """The GGUF metadata the Modelfile and the store config need (cached per file identity:
+    GGUFReader takes seconds on a 262k-token vocabulary, and package + install read it twice)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise SlimkitError(f"cannot read {path} ({exc.strerror}); pass an existing .gguf file") from None
+    return _read_gguf(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_gguf(path: str, identity: tuple[int, ...]) -> GGUFInfo:
     import gguf  # lazy: numpy-backed reader
 
     try:
@@ -219,7 +232,8 @@ def read_gguf(path: Path) -> GGUFInfo:
                     value(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch)),
                     names.get(value(gguf.Keys.General.FILE_TYPE), "unknown"),
                     sum(int(t.n_elements) for t in reader.tensors),
-                    token(gguf.Keys.Tokenizer.BOS_ID), ends[0], tuple(t for t in ends if t))
+                    token(gguf.Keys.Tokenizer.BOS_ID), ends[0], tuple(t for t in ends if t),
+                    frozenset(_TURN_TOKENS.intersection(tokens.contents() if tokens else ())))
 
 
 def parse_modelfile(text: str) -> list[tuple[str, str]]:
@@ -262,7 +276,11 @@ def _chat_format(info: GGUFInfo, chosen: str | None, what: str) -> ChatFormat:
             raise SlimkitError(f"unknown chat format {chosen!r}; choose one of {', '.join(CHAT_FORMATS)}")
         return CHAT_FORMATS[chosen]
     for fmt in CHAT_FORMATS.values():
-        if info.chat_template and fmt.marker in info.chat_template:
+        if info.chat_template:
+            found = fmt.marker in info.chat_template
+        else:  # a base model without a template: the turn tokens in its vocabulary decide
+            found = info.turn_tokens.issuperset((fmt.marker, *fmt.stops))
+        if found:
             return fmt
     kind = "an unknown chat template" if info.chat_template else "no chat template"
     raise SlimkitError(f"{what} has {kind} (slimkit writes {', '.join(CHAT_FORMATS)}); "
@@ -349,7 +367,8 @@ def _alnum(c: int) -> bool:
 
 def _write_store(modelfile: Path, name: tuple[str, str, str, str], root: Path) -> str:
     """blobs/sha256-HEX + manifests/HOST/NAMESPACE/MODEL/TAG, as server/create.go createModel."""
-    req = _request(parse_modelfile(modelfile.read_text(encoding="utf-8")), modelfile.parent)
+    text = modelfile.read_bytes().decode("utf-8", errors="replace")  # Go's decoder replaces too
+    req = _request(parse_modelfile(text), modelfile.parent)
     info = read_gguf(req["model"])
     blobs, manifests = root / "blobs", root / "manifests"
     for d in (blobs, manifests):

@@ -32,7 +32,9 @@ def _quiet_stderr() -> Iterator[None]:
 class LlamaRunner:
     """One llama.cpp context with logits for every position."""
 
-    def __init__(self, path: str | os.PathLike, n_ctx: int = 512, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, n_ctx: int = 512, threads: int | None = None,
+                 kv_f32: bool = False) -> None:
+        """kv_f32: keep the KV cache in F32 instead of llama.cpp's default F16 (exact parity checks)."""
         try:
             import llama_cpp
         except ImportError:
@@ -40,11 +42,12 @@ class LlamaRunner:
         path = Path(path)
         gguf_file.check(path)  # llama.cpp aborts the process on some corrupt files
         self.n_ctx = n_ctx
+        kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if kv_f32 else {}
         with _quiet_stderr():
             try:
                 self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                                            logits_all=True, n_threads=threads or min(4, os.cpu_count() or 1),
-                                           verbose=False)
+                                           verbose=False, **kv)
             except ValueError as exc:
                 raise SlimkitError(f"llama.cpp could not load {path}: {exc}") from None
 

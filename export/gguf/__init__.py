@@ -1,0 +1,1 @@
+"""GGUF export: architecture registry, tokenizer metadata, writer, llama.cpp quantizer."""

@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny random llama / gemma3 checkpoints built in-process (seeded), and the
+location of ../shared/data (tests that need it skip cleanly when it is absent)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A tiny private cache so tests never touch the user's ~/.cache/slimkit conversions,
+# except the expensive real-model ones which are shared across runs on purpose.
+os.environ.setdefault("SLIMKIT_CACHE", str(Path.home() / ".cache" / "slimkit"))
+
+TRAIN_TEXT = (
+    "Once upon a time there was a little robot who lived in a lighthouse. Every night it counted "
+    "the ships: one, two, three, 42, 1999. \"Hello!\" said the robot; the sea said nothing. "
+    "Café, naïve, Zürich — unicode works too. def f(x): return x * 2  # code\n\n"
+    "The quick brown fox jumps over the lazy dog. Numbers like 3.14159 and 2,718 appear often.\n"
+) * 20
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] "
+          "+ '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def shared_text(name: str) -> Path:
+    path = SHARED_DATA / "text" / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present (../shared/data is optional)")
+    return path
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (GPT-2 style) trained in-process on TRAIN_TEXT."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([TRAIN_TEXT], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+def _init(model, seed: int, std: float):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (0.0 if "gemma" in type(model).__name__.lower() else 1.0))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
+
+
+def tiny_llama(seed: int = 0, tie: bool = True):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from compress.checkpoint import Checkpoint
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=tie,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = _init(LlamaForCausalLM(cfg), seed, std=0.15)
+    return Checkpoint(model, tok, {"format": 1, "source": f"tiny-llama-seed{seed}", "stages": []})
+
+
+def tiny_gemma3(seed: int = 0):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from compress.checkpoint import Checkpoint
+
+    tok = tiny_tokenizer()
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+                           sliding_window=16, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                           max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                           rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                                            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = _init(Gemma3ForCausalLM(cfg), seed, std=0.15)
+    return Checkpoint(model, tok, {"format": 1, "source": f"tiny-gemma3-seed{seed}", "stages": []})
+
+
+TINY = {"llama": tiny_llama, "gemma3": tiny_gemma3}
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny_ckpt(request):
+    return TINY[request.param]()
