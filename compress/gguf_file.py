@@ -5,6 +5,7 @@ memory map fail far from the cause; so every GGUF slimkit is handed goes through
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from compress.errors import SlimkitError
@@ -27,15 +28,22 @@ def _corrupt(path: Path, why: str) -> SlimkitError:
 
 
 def reader(path: Path):
-    """A gguf.GGUFReader over the file, with every tensor checked to lie inside the file."""
-    import gguf
+    """A gguf.GGUFReader over the file, with every tensor checked to lie inside the file.
 
+    Cached per (path, size, mtime): the reader takes seconds on a 262k-token vocabulary.
+    """
     path = Path(path)
     if not path.is_file():
         raise SlimkitError(f"{path}: no such file; give the path of a .gguf file")
+    st = path.stat()
+    return _reader(path.resolve(), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _reader(path: Path, size: int, _mtime_ns: int):
+    import gguf
     if not is_gguf(path):
         raise _corrupt(path, "bad magic, expected 'GGUF'")
-    size = path.stat().st_size
     try:
         r = gguf.GGUFReader(path)
         for t in r.tensors:

@@ -51,7 +51,7 @@ def _cmd_package_ollama(args: argparse.Namespace) -> int:
     if args.num_ctx:
         kwargs["num_ctx"] = args.num_ctx
     pkg = ollama.write_package(args.model, args.name, args.output, **kwargs)
-    print(f"wrote Ollama package {pkg}")
+    print(f"wrote Ollama package {pkg.parent} ({pkg.name} + model)")
     if args.install:
         print(ollama.install(pkg, args.name, args.models_dir))
     return 0

@@ -42,7 +42,7 @@ def run_demo(out_dir: Path, source: str = "smollm2-135m-instruct", text: Path | 
                      "top1_agreement": res.validation["top1_agreement"], "mean_kl": res.validation["mean_kl"]})
     pkg = ollama.write_package(out_dir / f"{source}.q4_k_m.gguf", f"{source}:q4_k_m", out_dir / "ollama")
     summary = {"source": source, "text": str(text) if text else "built-in", "ctx": ctx, "windows": ref.windows,
-               "tokens_scored": ref.tokens_scored, "rows": rows, "ollama_package": str(pkg),
+               "tokens_scored": ref.tokens_scored, "rows": rows, "ollama_package": str(pkg.parent),
                "wall_seconds": time.perf_counter() - t0}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nperplexity on {summary['text']} ({ref.windows} windows of {ctx} tokens, {ref.tokens_scored} scored)")
@@ -50,5 +50,5 @@ def run_demo(out_dir: Path, source: str = "smollm2-135m-instruct", text: Path | 
     for r in rows:
         mb = f"{r['file_mb']:.1f}" if r["file_mb"] else "-"
         print(f"{r['artifact']:<42} {mb:>8} {r['ppl']:>9.3f} {r['top1_agreement']:>7.3f} {r['mean_kl']:>8.4f}")
-    print(f"\nOllama package: {pkg}  (ollama create {source}:q4_k_m -f {pkg}/Modelfile)")
+    print(f"\nOllama package: {pkg.parent}  (ollama create {source}:q4_k_m -f {pkg})")
     return 0

@@ -10,9 +10,12 @@ from compress.evaluate import read_text, torch_perplexity
 
 def evaluate_source(source: str, text_path: str | Path, ctx: int = 512, max_chunks: int | None = None,
                     progress: bool = False) -> dict[str, Any]:
-    text = read_text(text_path)
     path = Path(source)
-    if path.is_file() and gguf_file.is_gguf(path):
+    is_gguf = path.is_file() and gguf_file.is_gguf(path)
+    if is_gguf:
+        gguf_file.check(path)  # a corrupt artifact is reported before anything else is read
+    text = read_text(text_path)
+    if is_gguf:
         from export.runtime import gguf_perplexity
 
         result, runtime = gguf_perplexity(path, text, ctx, max_chunks, progress), "llama.cpp"

@@ -87,7 +87,7 @@ def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, 
     out = Path(out)
     if out.is_dir():
         raise SlimkitError(f"{out} is a directory; give the output file name, e.g. {out}/model.gguf")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise SlimkitError(f"output directory {out.parent} does not exist; create it first")
     if not os.access(out.parent, os.W_OK):
         raise SlimkitError(f"output directory {out.parent} is not writable; choose another -o path")

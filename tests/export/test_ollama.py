@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from compress.errors import SlimkitError
-from export import ollama
+from export import ollama, ollama_store
 
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 # SmolLM2-Instruct's chat template: injects a default system turn when none is given.
@@ -592,7 +592,7 @@ def test_failed_ollama_create_is_a_slimkit_error(smol: Path, tmp_path: Path,
                                      (135_000_000, "135M"), (268_098_176, "268.10M"),
                                      (1_500_000_000, "1.5B"), (7_000_000_000, "7B")])
 def test_parameter_size_like_ollama(n: int, text: str) -> None:
-    assert ollama._human_number(n) == text
+    assert ollama_store._human_number(n) == text
 
 
 def test_json_bytes_match_go_encoder() -> None:
@@ -602,10 +602,10 @@ def test_json_bytes_match_go_encoder() -> None:
     params = {"min_p": f32("1e-7"), "num_ctx": 4096, "repeat_penalty": f32("1.1"), "seed": -3,
               "stop": ["<|im_start|>", "<end_of_turn>", "a&b\u2028"], "temperature": f32("0.7"),
               "top_p": f32("0.9"), "use_mmap": True}
-    assert ollama._go_json(params) == (
+    assert ollama_store._go_json(params) == (
         b'{"min_p":1e-7,"num_ctx":4096,"repeat_penalty":1.1,"seed":-3,"stop":["\\u003c|im_start|\\u003e",'
         b'"\\u003cend_of_turn\\u003e","a\\u0026b\\u2028"],"temperature":0.7,"top_p":0.9,"use_mmap":true}\n')
-    assert ollama._go_json('You are <b>"helpful"</b>\n\ttab \x01') == \
+    assert ollama_store._go_json('You are <b>"helpful"</b>\n\ttab \x01') == \
         b'"You are \\u003cb\\u003e\\"helpful\\"\\u003c/b\\u003e\\n\\ttab \\u0001"\n'
 
 
@@ -622,4 +622,4 @@ def test_real_smollm2_modelfile() -> None:
     assert dict(cmds)["SYSTEM"] == SMOL_SYSTEM and ("PARAMETER stop", "<|im_end|>") in cmds
     info = ollama.read_gguf(path)
     assert go_render(dict(cmds)["TEMPLATE"], CHAT) == jinja_render(info.chat_template, CHAT)
-    assert (info.file_type, ollama._human_number(info.parameter_count)) == ("Q4_1", "134.52M")
+    assert (info.file_type, ollama_store._human_number(info.parameter_count)) == ("Q4_1", "134.52M")
