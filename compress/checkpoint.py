@@ -105,6 +105,43 @@ def load_hf_dir(path: Path, *, trust_remote_code: bool = False) -> Checkpoint:
                       vocab, path)
 
 
+class StateDictModel:
+    """Stand-in for a PreTrainedModel when only config + tensors are needed (export without
+    validation): skips building the torch module, which costs seconds for nothing."""
+
+    def __init__(self, config: Any, tensors: dict[str, Any]) -> None:
+        self.config = config
+        self._tensors = tensors
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._tensors
+
+
+def load_weights_only(source: str | os.PathLike) -> Checkpoint:
+    """A Checkpoint whose model is a StateDictModel; the tokenizer is loaded only when no
+    gguf_vocab.json travels with the weights. Non-directory sources fall back to load()."""
+    path = Path(source).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file() or len(list(path.glob("*.safetensors"))) != 1:
+        return load(source)
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    family_of(config.model_type)
+    tensors = load_file(next(path.glob("*.safetensors")))
+    history = json.loads((path / HISTORY_FILE).read_text()) if (path / HISTORY_FILE).is_file() else {}
+    vocab, tokenizer = None, None
+    if (path / VOCAB_FILE).is_file():
+        from compress.gguf_tokenizer import GGUFVocab
+
+        vocab = GGUFVocab.from_json(path / VOCAB_FILE)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return Checkpoint(StateDictModel(config, tensors), tokenizer, history, vocab, path)
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

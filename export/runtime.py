@@ -13,7 +13,7 @@ from compress.errors import SlimkitError
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     """llama.cpp logs to fd 2 from C; silence it unless SLIMKIT_LLAMA_LOG=1."""
     if os.environ.get("SLIMKIT_LLAMA_LOG") == "1":
         yield
@@ -43,7 +43,7 @@ class LlamaRunner:
         gguf_file.check(path)  # llama.cpp aborts the process on some corrupt files
         self.n_ctx = n_ctx
         kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if kv_f32 else {}
-        with _quiet_stderr():
+        with quiet_stderr():
             try:
                 self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                                            logits_all=True, n_threads=threads or min(4, os.cpu_count() or 1),
@@ -59,7 +59,7 @@ class LlamaRunner:
         if len(tokens) > self.n_ctx:
             raise ValueError(f"{len(tokens)} tokens exceed the context of {self.n_ctx}")
         self.llm.reset()
-        with _quiet_stderr():
+        with quiet_stderr():
             self.llm.eval(list(tokens))
         return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
 

@@ -17,7 +17,10 @@ def llama_quantize(src: Path, dst: Path, etype: ExportType, threads: int | None 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(etype.file_type)
     params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    from export.runtime import quiet_stderr
+
+    with quiet_stderr():  # one line per tensor otherwise; SLIMKIT_LLAMA_LOG=1 shows it
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise SlimkitError(f"llama.cpp could not quantize to {etype.name} (return code {rc}); "
-                           "see the llama.cpp log above")
+                           "rerun with SLIMKIT_LLAMA_LOG=1 to see llama.cpp's log")

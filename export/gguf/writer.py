@@ -17,7 +17,7 @@ from typing import Any
 
 import gguf
 
-from compress.checkpoint import Checkpoint, load
+from compress.checkpoint import Checkpoint, load, load_weights_only
 from compress.errors import SlimkitError
 from export.gguf import arch as arch_registry
 from export.gguf import types as gtypes
@@ -91,7 +91,10 @@ def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, 
         raise SlimkitError(f"output directory {out.parent} does not exist; create it first")
     if not os.access(out.parent, os.W_OK):
         raise SlimkitError(f"output directory {out.parent} is not writable; choose another -o path")
-    ckpt = source if isinstance(source, Checkpoint) else load(source)
+    if isinstance(source, Checkpoint):
+        ckpt = source
+    else:
+        ckpt = load(source) if validate else load_weights_only(source)
     arch_registry.get(ckpt.model.config)  # unsupported architecture: fail before writing anything
     start = time.perf_counter()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
