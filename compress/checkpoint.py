@@ -24,6 +24,7 @@ from compress.errors import SlimkitError
 HISTORY_FILE = "slimkit.json"
 VOCAB_FILE = "gguf_vocab.json"
 HISTORY_FORMAT = 1
+CACHE_VERSION = 2  # bump when the GGUF -> torch conversion changes, so stale conversions are ignored
 # HF model_type -> slimkit family (the GGUF exporter has one module per family).
 FAMILIES = {"llama": "llama", "gemma3_text": "gemma3"}
 
@@ -154,7 +155,7 @@ def load_gguf(path: Path) -> Checkpoint:
     """Dequantize a GGUF into float32 torch (cached by the file's sha256)."""
     arch = gguf_file.check(path)  # raises SlimkitError for truncated/corrupt/unsupported files
     sha = file_sha256(path)
-    cached = zoo.cache_dir() / "gguf" / sha[:32]
+    cached = zoo.cache_dir() / "gguf" / f"v{CACHE_VERSION}-{sha[:32]}"
     if (cached / HISTORY_FILE).is_file():
         return load_hf_dir(cached)
     model, tokenizer, vocab = _convert_gguf(path, arch)
@@ -186,8 +187,7 @@ def _convert_gguf(path: Path, arch: str):
         del cfg.quantization_config  # weights are dequantized: this is a plain float checkpoint now
     model.hf_quantizer = None
     for key in ("bos", "eos", "pad", "unk"):
-        tok_id = getattr(vocab, f"{key}_id", None)
-        setattr(cfg, f"{key}_token_id", tok_id)
+        setattr(cfg, f"{key}_token_id", vocab.special_ids.get(key))
     cfg.name_or_path = path.stem
     model.generation_config = GenerationConfig.from_model_config(cfg)
     return model, tokenizer, vocab

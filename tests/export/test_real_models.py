@@ -52,3 +52,13 @@ def test_gemma3_f16_roundtrip(tmp_path):
     assert ckpt.family == "gemma3" and ckpt.tokenizer.bos_token == "<bos>"
     v = export_gguf(ckpt, tmp_path / "g.f16.gguf", "F16").validation
     assert v["passed"] and v["top1_agreement"] >= 0.99 and v["mean_kl"] < 1e-3
+
+
+def test_gguf_conversion_is_cached(smollm2):
+    import time
+
+    assert smollm2.path is not None and smollm2.path.parent.name == "gguf"  # converted once, then cached
+    t = time.perf_counter()
+    again = load("smollm2-135m-instruct")
+    assert time.perf_counter() - t < 15
+    assert again.path == smollm2.path
