@@ -94,7 +94,7 @@ def main() -> None:
         ppl = gguf_perplexity(out, text, 512, args.windows)
         ladder.append({"type": gtype, "file_mb": round(res.file_mb, 2), "ppl": round(ppl.ppl, 4),
                        "top1_agreement": round(res.validation["top1_agreement"], 4),
-                       "mean_kl": round(res.validation["mean_kl"], 5), "tokens_scored": ppl.tokens_scored})
+                       "mean_kl": float(f"{res.validation['mean_kl']:.3g}"), "tokens_scored": ppl.tokens_scored})
         print(ladder[-1], flush=True)
     metrics = {
         "source": SOURCE,
