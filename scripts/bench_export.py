@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def main() -> None:
         "ladder": ladder,
     }
     print(write_result("export", metrics))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,12 @@ def machine() -> dict[str, Any]:
         pass
     info = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb,
             "python": platform.python_version()}
-    for mod in ("torch", "transformers", "gguf", "llama_cpp"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("torch", "transformers", "gguf", "llama-cpp-python"):
         try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing module is just not recorded
+            info[dist] = version(dist)
+        except PackageNotFoundError:
             pass
     return info
 

@@ -12,7 +12,7 @@ from scripts.benchlib import REPO, RESULTS  # noqa: E402
 def _machine(doc: dict) -> str:
     m = doc["machine"]
     return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GiB; "
-            f"Python {m.get('python')}, torch {m.get('torch')}, llama-cpp-python {m.get('llama_cpp')}, gguf {m.get('gguf')}")
+            f"Python {m.get('python')}, torch {m.get('torch')}, llama-cpp-python {m.get('llama-cpp-python')}, gguf {m.get('gguf')}")
 
 
 def render_export(doc: dict) -> list[str]:

@@ -99,3 +99,14 @@ TINY = {"llama": tiny_llama, "gemma3": tiny_gemma3}
 @pytest.fixture(params=sorted(TINY))
 def tiny_ckpt(request):
     return TINY[request.param]()
+
+
+def zoo_path(name: str) -> Path:
+    """Path of a bundled model's GGUF, or skip when its pip package is not installed."""
+    from compress.errors import SlimkitError
+    from compress.zoo import get
+
+    try:
+        return get(name).path()
+    except SlimkitError as exc:
+        pytest.skip(str(exc))

@@ -203,12 +203,10 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="module", params=ZOO)
 def zoo_model(request):
+    from conftest import zoo_path
+
     llama_cpp = pytest.importorskip("llama_cpp")
-    zoo = pytest.importorskip("compress.zoo")
-    try:
-        path = zoo.get(request.param).path()
-    except SlimkitError as exc:
-        pytest.skip(str(exc))
+    path = zoo_path(request.param)
     vocab = vocab_from_gguf(path)
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     return request.param, vocab, tokenizer_from_vocab(vocab), llm

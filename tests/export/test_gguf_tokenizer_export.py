@@ -117,12 +117,10 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="module", params=list(ZOO_ARCH))
 def original(request):
+    from conftest import zoo_path
+
     llama_cpp = pytest.importorskip("llama_cpp")
-    zoo = pytest.importorskip("compress.zoo")
-    try:
-        path = zoo.get(request.param).path()
-    except SlimkitError as exc:
-        pytest.skip(str(exc))
+    path = zoo_path(request.param)
     return request.param, path, llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
 
 

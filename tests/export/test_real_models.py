@@ -5,7 +5,6 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from compress import zoo  # noqa: E402
 from compress.checkpoint import load  # noqa: E402
 from compress.evaluate import torch_perplexity  # noqa: E402
 from export.gguf.writer import export_gguf  # noqa: E402
@@ -16,10 +15,9 @@ pytestmark = pytest.mark.real
 
 
 def _load(name: str):
-    try:
-        zoo.get(name).path()
-    except Exception as exc:  # noqa: BLE001 - zoo package not installed
-        pytest.skip(str(exc))
+    from conftest import zoo_path
+
+    zoo_path(name)  # skips when the zoo package is not installed
     return load(name)
 
 
