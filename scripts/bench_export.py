@@ -62,7 +62,7 @@ def tensors_identical(a: Path, b: Path) -> tuple[bool, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=3, help="timed runs of each converter (median reported)")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs of each converter (median reported)")
     ap.add_argument("--windows", type=int, default=16)
     args = ap.parse_args()
 
