@@ -15,19 +15,17 @@ transformers' GGUF loader builds a wrong tokenizer for SmolLM2 (bos = eos = `<|i
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import re
-import struct
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gguf
-import numpy as np
 
 from compress.errors import SlimkitError
+from compress.gguf_file import read_info
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -37,7 +35,6 @@ TT = gguf.TokenType
 JSON_FORMAT = "slimkit.gguf_vocab"
 JSON_VERSION = 1
 JSON_FILE_MODE = 0o644  # what open() gives under the usual umask 022
-GGUF_MIN_VERSION = 2  # v1 used 32-bit counts; llama.cpp no longer reads it
 SPM_SPACE = "\u2581"  # SentencePiece's visible space, llama_escape_whitespace
 MODELS = ("gpt2", "llama")  # tokenizer.ggml.model values we rebuild (BPE, SPM)
 SPECIAL_TYPES = (TT.CONTROL, TT.UNKNOWN)  # matched only with parse_special (tokenizer_st_partition)
@@ -159,58 +156,10 @@ class GGUFVocab:
 # ---------------------------------------------------------------------------------------- GGUF in
 
 
-def _file_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The `tokenizer.*` keys of a GGUF file, parsing only its key/value section.
-
-    GGUFReader also maps every tensor and makes numpy views of each of the 262k Gemma tokens
-    (10-15 s); this reads the same little-endian v2/v3 layout (gguf_init_from_file_ptr) in < 1 s.
-    """
-    try:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return _parse_kv(mm, path)
-    except (OSError, ValueError, KeyError, struct.error) as exc:
-        raise SlimkitError(f"cannot read GGUF metadata from {path} ({exc}); check the file is a complete GGUF") from exc
-
-
-def _parse_kv(mm: mmap.mmap, path: str | os.PathLike[str]) -> dict[str, Any]:
-    vt, to_np = gguf.GGUFValueType, gguf.GGUFReader.gguf_scalar_to_np
-    magic, version, _n_tensors, n_kv = struct.unpack_from("<IIQQ", mm, 0)
-    if magic != gguf.GGUF_MAGIC or version < GGUF_MIN_VERSION:
-        raise SlimkitError(f"{path} is not a little-endian GGUF v2/v3 file; convert it with llama.cpp")
-    pos = struct.calcsize("<IIQQ")
-
-    def take(fmt: str) -> tuple:
-        nonlocal pos
-        pos += struct.calcsize(fmt)
-        return struct.unpack_from(fmt, mm, pos - struct.calcsize(fmt))
-
-    def value(vtype: int, count: int | None = None) -> Any:
-        nonlocal pos
-        if vtype == vt.STRING:
-            (n,) = take("<Q")
-            pos += n
-            return mm[pos - n:pos].decode("utf-8", "surrogateescape")
-        if vtype == vt.ARRAY:
-            etype, n = take("<IQ")
-            return [value(etype) for _ in range(n)] if etype in (vt.STRING, vt.ARRAY) else value(etype, n)
-        dtype, n = np.dtype(to_np[vt(vtype)]).newbyteorder("<"), 1 if count is None else count
-        pos += dtype.itemsize * n
-        arr = np.frombuffer(mm, dtype, n, pos - dtype.itemsize * n)
-        return arr.tolist() if count is not None else arr[0].item()
-
-    out: dict[str, Any] = {}
-    for _ in range(n_kv):
-        key = value(vt.STRING)
-        val = value(take("<I")[0])
-        if key.startswith("tokenizer."):
-            out[key] = val
-    return out
-
-
 def vocab_from_gguf(path_or_reader: str | os.PathLike[str] | gguf.GGUFReader) -> GGUFVocab:
     """Read the tokenizer of a GGUF file, with llama.cpp's defaults (llama_vocab::impl::load)."""
     reader = isinstance(path_or_reader, gguf.GGUFReader)
-    get = _file_metadata(path_or_reader.data.filename if reader else path_or_reader).get
+    get = read_info(path_or_reader.data.filename if reader else path_or_reader).metadata.get
     model, pre, tokens = get(K.MODEL), get(K.PRE), get(K.LIST)
     if model not in MODELS or not tokens:
         raise SlimkitError(f"GGUF tokenizer model {model!r} is not supported (supported: {', '.join(MODELS)}); "

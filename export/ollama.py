@@ -6,7 +6,6 @@ Go-compatible JSON) is export.ollama_store; install() reads the Modelfile and GG
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -182,34 +181,22 @@ def parse_name(name: str) -> tuple[str, str, str, str]:
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
-    """The GGUF metadata the Modelfile and the store config need (cached per file identity:
-    GGUFReader takes seconds on a 262k-token vocabulary, and package + install read it twice)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise SlimkitError(f"cannot read {path} ({exc.strerror}); pass an existing .gguf file") from None
-    return _read_gguf(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    """The GGUF metadata the Modelfile and the store config need (compress.gguf_file's checked,
+    cached header parser: no tensor is mapped)."""
+    import gguf
+    import numpy as np
 
+    from compress import gguf_file
 
-@functools.lru_cache(maxsize=4)
-def _read_gguf(path: str, identity: tuple[int, ...]) -> GGUFInfo:
-    import gguf  # lazy: numpy-backed reader
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as exc:
-        raise SlimkitError(f"cannot read {path} as GGUF ({exc}); pass a .gguf file") from None
-
-    def value(key: str) -> Any:
-        field = reader.get_field(key)
-        return None if field is None else field.contents()
-
-    tokens = reader.get_field(gguf.Keys.Tokenizer.LIST)
+    if not Path(path).is_file():
+        raise SlimkitError(f"cannot read {path}; pass an existing .gguf file")
+    info = gguf_file.read_info(path)
+    value = info.get
+    tokens = value(gguf.Keys.Tokenizer.LIST) or []
 
     def token(key: str) -> str | None:
         idx = value(key)
-        ok = tokens is not None and isinstance(idx, int) and 0 <= idx < len(tokens.data)
-        return tokens.contents(idx) if ok else None
+        return tokens[idx] if isinstance(idx, int) and 0 <= idx < len(tokens) else None
 
     if not (arch := value(gguf.Keys.General.ARCHITECTURE)):
         raise SlimkitError(f"{path} has no general.architecture; pass a model GGUF")
@@ -218,9 +205,9 @@ def _read_gguf(path: str, identity: tuple[int, ...]) -> GGUFInfo:
     return GGUFInfo(arch, value(gguf.Keys.Tokenizer.CHAT_TEMPLATE),
                     value(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch)),
                     names.get(value(gguf.Keys.General.FILE_TYPE), "unknown"),
-                    sum(int(t.n_elements) for t in reader.tensors),
+                    sum(int(np.prod(t.shape, dtype=np.int64)) for t in info.tensors),
                     token(gguf.Keys.Tokenizer.BOS_ID), ends[0], tuple(t for t in ends if t),
-                    frozenset(_TURN_TOKENS.intersection(tokens.contents() if tokens else ())))
+                    frozenset(_TURN_TOKENS.intersection(tokens)))
 
 
 def parse_modelfile(text: str) -> list[tuple[str, str]]:

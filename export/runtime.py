@@ -72,7 +72,7 @@ class LlamaRunner:
 
 
 def gguf_adds_bos(path: str | os.PathLike) -> bool:
-    return bool(gguf_file.field_value(gguf_file.reader(Path(path)), "tokenizer.ggml.add_bos_token", False))
+    return bool(gguf_file.read_info(path).get("tokenizer.ggml.add_bos_token", False))
 
 
 def gguf_perplexity(path: str | os.PathLike, text: str, ctx: int = 512, max_chunks: int | None = None,

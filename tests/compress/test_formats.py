@@ -73,13 +73,9 @@ def test_rejects_partial_blocks() -> None:
 @pytest.mark.parametrize("name", TYPES)
 def test_bytes_identical_on_real_weights(name: str) -> None:
     """Real SmolLM2 weights (dequantized from the bundled Q4_1 GGUF), several tensors."""
-    from compress import gguf_file, zoo
+    from conftest import zoo_path
 
-    try:
-        path = zoo.get("smollm2-135m-instruct").path()
-    except Exception as exc:  # zoo package not installed
-        pytest.skip(str(exc))
-    reader = gguf_file.reader(path)
+    reader = gguf.GGUFReader(zoo_path("smollm2-135m-instruct"))
     wanted = {"blk.0.attn_q.weight", "blk.7.ffn_down.weight", "blk.29.attn_v.weight"}
     tensors = [t for t in reader.tensors if t.name in wanted]
     assert len(tensors) == len(wanted)
