@@ -125,12 +125,11 @@ def load_weights_only(source: str | os.PathLike) -> Checkpoint:
     if not path.is_dir() or not (path / "config.json").is_file() or len(list(path.glob("*.safetensors"))) != 1:
         return load(source)
     from safetensors.torch import load_file
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
+    history = json.loads((path / HISTORY_FILE).read_text()) if (path / HISTORY_FILE).is_file() else {}
+    config = _config(path, history)
     family_of(config.model_type)
     tensors = load_file(next(path.glob("*.safetensors")))
-    history = json.loads((path / HISTORY_FILE).read_text()) if (path / HISTORY_FILE).is_file() else {}
     vocab, tokenizer = None, None
     if (path / VOCAB_FILE).is_file():
         from compress.gguf_tokenizer import GGUFVocab
@@ -141,6 +140,20 @@ def load_weights_only(source: str | os.PathLike) -> Checkpoint:
 
         tokenizer = AutoTokenizer.from_pretrained(path)
     return Checkpoint(StateDictModel(config, tensors), tokenizer, history, vocab, path)
+
+
+def _config(path: Path, history: dict[str, Any]) -> Any:
+    """The model config. slimkit's own checkpoints carry the full config (defaults included) in
+    slimkit.json, which spares importing transformers' config classes (seconds); config.json
+    still wins on every key it has."""
+    full = history.get("architecture")
+    if not full:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(path)
+    import types
+
+    return types.SimpleNamespace(**{**full, **json.loads((path / "config.json").read_text()), "name_or_path": str(path)})
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
