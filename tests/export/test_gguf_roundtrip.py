@@ -98,3 +98,15 @@ def test_llama_cpp_types_via_quantizer(tmp_path):
     assert res.validation["top1_agreement"] >= 0.6
     r = gguf.GGUFReader(out)
     assert gguf.LlamaFileType(r.fields["general.file_type"].contents()) == gtypes.parse("Q5_0").file_type
+
+
+def test_every_registered_architecture_has_a_roundtrip_test():
+    """Adding a family to the exporter requires a tiny model in tests/conftest.py TINY."""
+    from conftest import TINY
+
+    from export.gguf.arch import registered
+
+    families = {cls.gguf_arch for cls in registered().values()}
+    tested = {type(__import__("export.gguf.arch", fromlist=["get"]).get(TINY[f]().model.config)).gguf_arch
+              for f in TINY}
+    assert families == tested
