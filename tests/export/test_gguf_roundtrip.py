@@ -104,9 +104,8 @@ def test_every_registered_architecture_has_a_roundtrip_test():
     """Adding a family to the exporter requires a tiny model in tests/conftest.py TINY."""
     from conftest import TINY
 
-    from export.gguf.arch import registered
+    from export.gguf.arch import get, registered
 
     families = {cls.gguf_arch for cls in registered().values()}
-    tested = {type(__import__("export.gguf.arch", fromlist=["get"]).get(TINY[f]().model.config)).gguf_arch
-              for f in TINY}
+    tested = {get(TINY[f]().model.config).gguf_arch for f in TINY}
     assert families == tested
