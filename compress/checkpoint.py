@@ -74,34 +74,52 @@ def load(source: str | os.PathLike, *, trust_remote_code: bool = False) -> Check
                        f"give a HF directory, a .gguf file or one of: {', '.join(zoo.ZOO)}")
 
 
-def load_hf_dir(path: Path, *, trust_remote_code: bool = False) -> Checkpoint:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _check_dir(path: Path) -> dict[str, Any]:
+    """config.json of a HF checkpoint directory, checked before any weight is read."""
     config_path = path / "config.json"
     if not config_path.is_file():
         raise SlimkitError(f"{path} has no config.json; point at a Hugging Face checkpoint directory "
                            "(config.json + *.safetensors + tokenizer files)")
     try:
-        model_type = json.loads(config_path.read_text()).get("model_type", "?")
-    except json.JSONDecodeError as exc:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SlimkitError(f"{config_path} is not valid JSON ({exc}); repair or re-save the checkpoint") from None
-    family_of(model_type)
+    family_of(config.get("model_type", "?"))
     if not any(path.glob("*.safetensors")):
         raise SlimkitError(f"{path} has no *.safetensors weights; slimkit loads safetensors only "
                            "(re-save with save_pretrained(safe_serialization=True))")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        raise SlimkitError(f"cannot load {path}: {str(exc).splitlines()[0]}") from exc
-    model.eval()
+    return config
+
+
+def _sidecars(path: Path) -> tuple[dict[str, Any], Any]:
+    """slimkit.json (history) and gguf_vocab.json of a directory, when present."""
     history = json.loads((path / HISTORY_FILE).read_text()) if (path / HISTORY_FILE).is_file() else {}
     vocab = None
     if (path / VOCAB_FILE).is_file():
         from compress.gguf_tokenizer import GGUFVocab
 
         vocab = GGUFVocab.from_json(path / VOCAB_FILE)
+    return history, vocab
+
+
+def _unreadable(path: Path, exc: Exception) -> SlimkitError:
+    return SlimkitError(f"cannot load {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                        "the weights may be truncated: re-save or copy the checkpoint again")
+
+
+def load_hf_dir(path: Path, *, trust_remote_code: bool = False) -> Checkpoint:
+    import torch
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_dir(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise _unreadable(path, exc) from exc
+    model.eval()
+    history, vocab = _sidecars(path)
     return Checkpoint(model, tokenizer, history or {"format": HISTORY_FORMAT, "source": str(path), "stages": []},
                       vocab, path)
 
@@ -120,29 +138,30 @@ class StateDictModel:
 
 def load_weights_only(source: str | os.PathLike) -> Checkpoint:
     """A Checkpoint whose model is a StateDictModel; the tokenizer is loaded only when no
-    gguf_vocab.json travels with the weights. Non-directory sources fall back to load()."""
+    gguf_vocab.json travels with the weights. Sources other than a single-file directory
+    fall back to load()."""
     path = Path(source).expanduser()
-    if not path.is_dir() or not (path / "config.json").is_file() or len(list(path.glob("*.safetensors"))) != 1:
+    if not path.is_dir() or len(list(path.glob("*.safetensors"))) != 1:
         return load(source)
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    history = json.loads((path / HISTORY_FILE).read_text()) if (path / HISTORY_FILE).is_file() else {}
-    config = _config(path, history)
-    family_of(config.model_type)
-    tensors = load_file(next(path.glob("*.safetensors")))
-    vocab, tokenizer = None, None
-    if (path / VOCAB_FILE).is_file():
-        from compress.gguf_tokenizer import GGUFVocab
-
-        vocab = GGUFVocab.from_json(path / VOCAB_FILE)
-    else:
+    config_json = _check_dir(path)
+    history, vocab = _sidecars(path)
+    config = _config(path, config_json, history)
+    try:
+        tensors = load_file(next(path.glob("*.safetensors")))
+    except (OSError, SafetensorError) as exc:
+        raise _unreadable(path, exc) from exc
+    tokenizer = None
+    if vocab is None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
     return Checkpoint(StateDictModel(config, tensors), tokenizer, history, vocab, path)
 
 
-def _config(path: Path, history: dict[str, Any]) -> Any:
+def _config(path: Path, config_json: dict[str, Any], history: dict[str, Any]) -> Any:
     """The model config. slimkit's own checkpoints carry the full config (defaults included) in
     slimkit.json, which spares importing transformers' config classes (seconds); config.json
     still wins on every key it has."""
@@ -153,7 +172,7 @@ def _config(path: Path, history: dict[str, Any]) -> Any:
         return AutoConfig.from_pretrained(path)
     import types
 
-    return types.SimpleNamespace(**{**full, **json.loads((path / "config.json").read_text()), "name_or_path": str(path)})
+    return types.SimpleNamespace(**{**full, **config_json, "name_or_path": str(path)})
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -131,3 +131,23 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run(cmd + ["eval", str(tmp_path / "missing.gguf"), "--text", "x"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("damage", ["truncated_weights", "bad_config_json"])
+def test_damaged_checkpoint_dir(tmp_path, capsys, damage, validate):
+    from conftest import tiny_llama
+
+    from compress.checkpoint import save
+
+    d = save(tiny_llama(), tmp_path / "ckpt")
+    capsys.readouterr()  # save()'s progress bar is not the CLI's output
+    if damage == "truncated_weights":
+        w = d / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    else:
+        (d / "config.json").write_text("{bad")
+    out = tmp_path / "o.gguf"
+    code, err = run_cli(["export", "gguf", str(d), "-o", str(out)] + ([] if validate else ["--no-validate"]), capsys)
+    assert_one_line_error(code, err, "truncated" if damage == "truncated_weights" else "not valid JSON")
+    assert not out.exists() and not list(tmp_path.glob(".o.gguf*"))
