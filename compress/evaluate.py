@@ -69,7 +69,7 @@ def make_windows(tokens: Sequence[int], ctx: int, max_chunks: int | None = None,
     return out
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
@@ -83,7 +83,7 @@ def perplexity(logits_fn: LogitsFn, windows: list[list[int]], progress: bool = F
 
         iterator = tqdm(windows, desc="perplexity", unit="window")
     for w in iterator:
-        logp = _log_softmax(logits_fn(w)[:-1])  # position t predicts token t+1
+        logp = log_softmax(logits_fn(w)[:-1])  # position t predicts token t+1
         total -= float(logp[np.arange(len(w) - 1), np.asarray(w[1:])].sum())
         count += len(w) - 1
     nll = total / count

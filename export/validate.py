@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import SlimkitError
-from compress.evaluate import adds_bos, tokenize_plain, torch_logits_fn
+from compress.evaluate import adds_bos, log_softmax, tokenize_plain, torch_logits_fn
 
 # For the types slimkit writes itself, llama.cpp's logits are compared with torch running the
 # exact values stored in the file. Allowed max |logit difference|, relative to
@@ -25,7 +25,6 @@ from compress.evaluate import adds_bos, tokenize_plain, torch_logits_fn
 #   to Q8_0 blocks for these matmuls). An export bug (a wrong permutation, a shifted norm, a
 #   misplaced block) shows up as O(1) differences.
 STORED_TOLERANCE = {"F32": 1e-3, "F16": 1e-2, "BF16": 5e-2, "Q8_0": 1e-1, "Q4_0": 1e-1}
-NATIVE_TYPES = tuple(STORED_TOLERANCE)
 MAX_TOKENS = 256
 
 # Validation text: prose, numbers, code-ish punctuation and non-ASCII, written for this check.
@@ -45,10 +44,6 @@ VALIDATION_TEXT = (
 
 def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     """KL(p || q) per row, in float64."""
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64)
-        m = x.max(-1, keepdims=True)
-        return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
     lp, lq = log_softmax(p_logits), log_softmax(q_logits)
     return (np.exp(lp) * (lp - lq)).sum(-1)
 
@@ -81,7 +76,7 @@ def stored_reference(ckpt, type_name: str):
     with torch.no_grad():
         for hf_name, p in model.named_parameters():
             qtype = gtypes.tensor_type(spec.gguf_name(hf_name), tuple(p.shape), etype)
-            if qtype.name in ("Q8_0", "Q4_0"):
+            if qtype.name in formats.LAYOUTS:
                 p.copy_(formats.fake_quantize(p, qtype.name))
             elif qtype.name == "F16":
                 p.copy_(p.half().float())
@@ -115,7 +110,7 @@ def validate_gguf(path: str | os.PathLike, ckpt, type_name: str, text: str | Non
                               **compare_logits(ref, got)}
     if not np.isfinite(got).all():
         raise SlimkitError(f"validation failed: llama.cpp produced non-finite logits for {path}")
-    if type_name in NATIVE_TYPES:
+    if type_name in STORED_TOLERANCE:  # every type export.gguf.types.NATIVE writes (tested)
         # Exactness: llama.cpp against torch running the very values stored in the file.
         stored = torch_logits_fn(stored_reference(ckpt, type_name))(tokens)
         report["stored"] = compare_logits(stored, got)

@@ -66,6 +66,6 @@ def tensor_type(gguf_name: str, shape: tuple[int, ...], etype: ExportType) -> Q:
     want = NATIVE[etype.name][1]
     if want is Q.Q4_0 and gguf_name in Q4_0_KEEP_8BIT:
         want = Q.Q8_0
-    if want in (Q.Q8_0, Q.Q4_0) and not formats.can_quantize(shape, want.name):
+    if want.name in formats.LAYOUTS and not formats.can_quantize(shape, want.name):
         return Q.F16  # rows not a whole number of 32-blocks: the converter's fallback
     return want

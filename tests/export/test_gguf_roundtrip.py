@@ -109,3 +109,9 @@ def test_every_registered_architecture_has_a_roundtrip_test():
     families = {cls.gguf_arch for cls in registered().values()}
     tested = {get(TINY[f]().model.config).gguf_arch for f in TINY}
     assert families == tested
+
+
+def test_every_native_type_has_a_stored_tolerance():
+    from export.validate import STORED_TOLERANCE
+
+    assert set(STORED_TOLERANCE) == set(gtypes.NATIVE)
