@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from compress import gguf_file, zoo
+from compress.atomic import fsync_dir
 from compress.errors import SlimkitError
 
 HISTORY_FILE = "slimkit.json"
@@ -225,14 +226,6 @@ def _convert_gguf(path: Path, arch: str):
     return model, tokenizer, vocab
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(ckpt: Checkpoint, out_dir: str | os.PathLike, *, stage: dict[str, Any] | None = None) -> Path:
     """Write a HF safetensors directory + slimkit.json (+ gguf_vocab.json), atomically.
 
@@ -262,7 +255,7 @@ def save(ckpt: Checkpoint, out_dir: str | os.PathLike, *, stage: dict[str, Any] 
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

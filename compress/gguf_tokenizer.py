@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gguf
 
+from compress.atomic import atomic_write
 from compress.errors import SlimkitError
 from compress.gguf_file import read_info
 
@@ -34,7 +34,6 @@ K = gguf.Keys.Tokenizer
 TT = gguf.TokenType
 JSON_FORMAT = "slimkit.gguf_vocab"
 JSON_VERSION = 1
-JSON_FILE_MODE = 0o644  # what open() gives under the usual umask 022
 SPM_SPACE = "\u2581"  # SentencePiece's visible space, llama_escape_whitespace
 MODELS = ("gpt2", "llama")  # tokenizer.ggml.model values we rebuild (BPE, SPM)
 SPECIAL_TYPES = (TT.CONTROL, TT.UNKNOWN)  # matched only with parse_special (tokenizer_st_partition)
@@ -132,18 +131,8 @@ class GGUFVocab:
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file, fsync, rename); tokens that are not UTF-8 survive as escapes."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f)  # ensure_ascii keeps surrogate-escaped bytes representable
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, JSON_FILE_MODE)  # mkstemp makes 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # ensure_ascii keeps surrogate-escaped bytes representable
+        atomic_write(Path(path), json.dumps(self.to_dict()).encode("ascii"))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> GGUFVocab:

@@ -12,11 +12,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from compress.atomic import atomic_write
 from compress.errors import SlimkitError
 
 MEDIA_MODEL = "application/vnd.ollama.image.model"
@@ -189,42 +188,6 @@ def _digests(manifest: Path) -> set[str]:
 
 
 # -- atomic files --------------------------------------------------------------------------------
-
-def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None, link: bool = False) -> None:
-    """Temp file in the same directory (a hard link of src if asked and possible, else a copy
-    fsync'ed), then os.replace: readers see the old file or the whole new one, never a part."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        try:
-            if not (link and src is not None):
-                raise OSError("copy")
-            os.link(src, tmp)
-        except OSError:  # other filesystem, or links refused: copy
-            with open(tmp, "xb") as f:
-                if src is None:
-                    f.write(data or b"")
-                else:
-                    with open(src, "rb") as s:
-                        shutil.copyfileobj(s, f, _CHUNK)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
 
 def make_dirs(path: Path, what: str) -> list[Path]:
     """mkdir -p; returns the directories it created, outermost first."""

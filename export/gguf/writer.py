@@ -17,6 +17,7 @@ from typing import Any
 
 import gguf
 
+from compress.atomic import atomic_write
 from compress.checkpoint import Checkpoint, load, load_weights_only
 from compress.errors import SlimkitError
 from export.gguf import arch as arch_registry
@@ -118,7 +119,7 @@ def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, 
 
             report = validate_gguf(tmp, ckpt, etype.name, text=validation_text)
             report_path = out.with_name(out.name + ".validation.json")
-            _atomic_write_text(report_path, json.dumps(report, indent=2))
+            atomic_write(report_path, json.dumps(report, indent=2).encode())
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -126,16 +127,3 @@ def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, 
     finally:
         intermediate.unlink(missing_ok=True)
     return ExportResult(out, etype.name, seconds, out.stat().st_size / 1e6, report, counts)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
