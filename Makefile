@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_export.py
+	$(BIN)/python scripts/bench_prune.py
 	$(BIN)/python scripts/render_benchmarks.py
 
 clean:

@@ -37,7 +37,25 @@ def render_export(doc: dict) -> list[str]:
     return lines + [""]
 
 
-RENDERERS = {"export": render_export}
+def render_prune(doc: dict) -> list[str]:
+    m = doc["metrics"]
+    lines = [
+        "## Structured pruning (`prune.json`)", "",
+        f"`{doc['command']}` — commit `{doc['git_commit'][:12]}`, {doc['date']}  ",
+        f"Machine: {_machine(doc)}", "",
+        f"Source: `{m['source']}`, {m['dense_params']:,} {m['params_counted']} parameters; dense perplexity "
+        f"`dense_ppl` = {m['dense_ppl']}. Perplexity right after pruning, no training: {m['ppl_protocol']}. "
+        f"Calibration: {m['calibration']}. Shapes: {m['shape_protocol']}.", "",
+        "| removed | method | shape (layers/hidden/ffn/heads/kv) | params | ppl |", "|---|---|---|---|---|",
+    ]
+    for r in m["rows"]:
+        s = r.get("shape", {})
+        dims = "/".join(str(s.get(k, "?")) for k in ("layers", "hidden", "ffn", "heads", "kv_heads"))
+        lines.append(f"| {r['removed_fraction']:.0%} | {r['method']} | {dims} | {r['params']:,} | {r['ppl']} |")
+    return lines + [""]
+
+
+RENDERERS = {"export": render_export, "prune": render_prune}
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,52 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.output, source=args.source, text=args.text, max_chunks=args.max_chunks)
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from compress.checkpoint import save
+    from compress.prune import PruneConfig, prune
+
+    shape = {k: getattr(args, k) for k in ("layers", "hidden", "ffn", "heads", "kv_heads") if getattr(args, k)}
+    cfg = PruneConfig(method=args.method, target_params=args.target_params, shape=shape,
+                      count_embeddings=args.count_embeddings, calib=str(args.calib) if args.calib else None,
+                      calib_tokens=args.calib_tokens, calib_ctx=args.calib_ctx, align=args.align,
+                      depth_metric=args.depth_metric, seed=args.seed)
+    if not args.plan_only:
+        _check_writable(args.output)
+    res = prune(args.source, cfg, plan_only=args.plan_only, on_plan=_print_plan)
+    if args.plan_only:
+        return 0
+    out = save(res.checkpoint, args.output, stage=res.stage)
+    m = res.stage["metrics"]
+    loss = (f"; calibration loss {m['calib_loss_dense']:.4f} -> {m['calib_loss']:.4f}" if "calib_loss" in m else "")
+    print(f"wrote {out} ({m['params_total']:,} parameters in all){loss}")
+    return 0
+
+
+def _print_plan(plan) -> None:
+    what = "parameters" if plan.embeddings_counted else "non-embedding parameters"
+    print(f"plan: {plan.params:,} of {plan.dense_params:,} {what} kept "
+          f"({100 * plan.removed_fraction:.1f}% removed)")
+    rows = [("", "layers", "hidden", "ffn", "heads", "kv_heads", "params", "calib loss")]
+    rows.append(("dense", *plan.dense.as_dict().values(), f"{plan.dense_params:,}", ""))
+    for k, c in enumerate(plan.candidates):
+        loss = f"{c.loss:.4f}" if c.loss is not None else "-"
+        rows.append(((">> " if k == 0 else "   ") + c.name, *c.shape.as_dict().values(), f"{c.params:,}", loss))
+    _print_table(rows)
+    sys.stdout.flush()
+
+
+def _check_writable(out: Path) -> None:
+    from compress.errors import SlimkitError
+
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if out.exists() and not out.is_dir():
+        raise SlimkitError(f"{out} exists and is not a directory: choose another -o")
+    if not os.access(parent, os.W_OK):
+        raise SlimkitError(f"cannot write under {parent}: choose another -o")
+
+
 def _print_table(rows: list[tuple]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for k, r in enumerate(rows):
@@ -106,6 +153,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--install", action="store_true", help="install into an Ollama model store")
     s.add_argument("--models-dir", type=Path, default=None, help="Ollama models dir (default $OLLAMA_MODELS or ~/.ollama/models)")
     s.set_defaults(func=_cmd_package_ollama)
+
+    s = sub.add_parser("prune", help="structured pruning (depth and width) to a parameter target or a shape")
+    s.add_argument("source", help="HF directory, .gguf file or zoo name")
+    s.add_argument("-o", "--output", required=True, type=Path, help="output HF checkpoint directory")
+    s.add_argument("--target-params", type=float, default=None, metavar="N|RATIO",
+                   help="parameters to keep: a ratio in (0,1] of the model's or an absolute count "
+                        "(non-embedding unless --count-embeddings)")
+    for dim, what in (("layers", "decoder blocks"), ("hidden", "hidden width"), ("ffn", "FFN width"),
+                      ("heads", "query heads"), ("kv-heads", "KV heads (groups)")):
+        s.add_argument(f"--{dim}", type=int, default=None, help=f"explicit shape: {what}")
+    s.add_argument("--method", default="minitron", choices=["minitron", "taylor", "magnitude", "random", "block-influence"],
+                   help="importance: calibration activations (minitron), first-order Taylor, weight magnitude, "
+                        "random; block-influence removes whole blocks only")
+    s.add_argument("--calib", type=Path, default=None, help="calibration text (.txt or .gz); needed by minitron, "
+                   "taylor, block-influence, and by the shape search")
+    s.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (default 16384)")
+    s.add_argument("--calib-ctx", type=int, default=512, help="calibration window length (default 512)")
+    s.add_argument("--align", type=int, default=32, help="round pruned widths to multiples of N (32 suits Q4_0/Q8_0 "
+                   "blocks, 256 K-quant rows; 1 turns it off)")
+    s.add_argument("--count-embeddings", action="store_true", help="--target-params counts embeddings too")
+    s.add_argument("--depth-metric", default="influence", choices=["influence", "ppl"],
+                   help="rank blocks by block influence (ShortGPT) or by the loss increase when dropped")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random method")
+    s.add_argument("--plan-only", action="store_true", help="print the plan and stop")
+    s.set_defaults(func=_cmd_prune)
 
     s = sub.add_parser("demo", help="the default job until `slimkit run` lands: export, validate, evaluate, package")
     s.add_argument("-o", "--output", type=Path, default=Path("runs/default"))

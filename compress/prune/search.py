@@ -1,0 +1,114 @@
+"""Shape search: for a parameter target, which mix of depth and width to remove.
+
+Candidates spread the removal over blocks (a share of it as whole blocks) and over width dims
+(FFN only; FFN + hidden; FFN + heads + hidden). Each candidate's dims are solved so that its
+parameter count is the largest not above the target, then the candidates are pruned for real and
+ranked by next-token loss on calibration windows (Minitron's and Sheared-LLaMA's observation: the
+best mix depends on the model, so measure it).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from compress.prune.importance import Scores
+from compress.prune.shape import ArchInfo, Shape, align_down, block_params, count_params, head_options
+from compress.prune.surgery import apply_shape
+
+DEPTH_SHARES = (0.0, 0.3)
+WIDTH_MODES = ("ffn", "ffn+hidden", "ffn+heads+hidden")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    shape: Shape
+    params: int
+    loss: float | None = None
+
+
+def _width(dense: Shape, layers: int, s: float, mode: str, align: int) -> Shape:
+    ffn = align_down(round(dense.ffn * s), align, dense.ffn) if "ffn" in mode else dense.ffn
+    hidden = align_down(round(dense.hidden * s), align, dense.hidden) if "hidden" in mode else dense.hidden
+    heads, kv = dense.heads, dense.kv_heads
+    if "heads" in mode:
+        opts = [o for o in head_options(dense) if o[0] <= max(1, round(dense.heads * s))]
+        heads, kv = max(opts, key=lambda o: (o[0], o[1]))
+    return Shape(layers=layers, hidden=hidden, ffn=ffn, heads=heads, kv_heads=kv)
+
+
+def _fill_ffn(shape: Shape, dense: Shape, a: ArchInfo, target: int, align: int, emb: bool) -> Shape:
+    """Give the slack left under the target back to the FFN, one aligned step at a time."""
+    step = max(1, align)
+    while shape.ffn + step <= dense.ffn:
+        bigger = Shape(shape.layers, shape.hidden, shape.ffn + step, shape.heads, shape.kv_heads)
+        if count_params(bigger, a, embeddings=emb) > target:
+            break
+        shape = bigger
+    return shape
+
+
+def solve(dense: Shape, a: ArchInfo, target: int, *, depth_share: float, mode: str, align: int,
+          embeddings: bool = False) -> Shape | None:
+    """Largest shape of this depth share and width mode with at most `target` parameters (None: none fits)."""
+    def n(s: Shape) -> int:
+        return count_params(s, a, embeddings=embeddings)
+
+    def depth(layers: int) -> Shape:
+        return Shape(layers, dense.hidden, dense.ffn, dense.heads, dense.kv_heads)
+
+    if mode == "depth":
+        fits = [depth(k) for k in range(dense.layers, 0, -1) if n(depth(k)) <= target]
+        return fits[0] if fits else None
+    removal = n(dense) - target
+    layers = dense.layers - int(round(depth_share * removal / block_params(dense, a)))
+    layers = max(1, min(dense.layers, layers))
+    if n(depth(layers)) <= target:
+        return _fill_ffn(depth(layers), dense, a, target, align, embeddings)
+    lo, hi = 0.0, 1.0
+    if n(_width(dense, layers, lo, mode, align)) > target:
+        return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if n(_width(dense, layers, mid, mode, align)) <= target else (lo, mid)
+    return _fill_ffn(_width(dense, layers, lo, mode, align), dense, a, target, align, embeddings)
+
+
+def candidates(dense: Shape, a: ArchInfo, target: int, *, depth_only: bool, align: int,
+               embeddings: bool = False) -> list[Candidate]:
+    out: dict[Shape, Candidate] = {}
+    if depth_only:
+        plans = [("depth", 1.0, "depth")]
+    else:
+        plans = [(f"{mode}, {int(share * 100)}% as blocks", share, mode)
+                 for share in DEPTH_SHARES for mode in WIDTH_MODES]
+    for name, share, mode in plans:
+        s = solve(dense, a, target, depth_share=share, mode=mode, align=align, embeddings=embeddings)
+        if s is not None and s not in out:
+            out[s] = Candidate(name, s, count_params(s, a, embeddings=embeddings))
+    return list(out.values())
+
+
+def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch: int = 4) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(windows), batch):
+            ids = windows[i:i + batch]
+            total += float(model(input_ids=ids, labels=ids).loss) * len(ids)
+    return total / len(windows)
+
+
+def rank(model: torch.nn.Module, cands: list[Candidate], scores: Scores, windows: torch.Tensor,
+         progress: bool = True) -> list[Candidate]:
+    """Prune a copy of the model to each candidate and measure its calibration loss (lowest first)."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for c in tqdm(cands, desc="shape search", disable=not progress or len(cands) < 2):
+        trial = copy.deepcopy(model)
+        apply_shape(trial, c.shape, scores)
+        out.append(Candidate(c.name, c.shape, c.params, calibration_loss(trial, windows)))
+        del trial
+    return sorted(out, key=lambda c: c.loss)
