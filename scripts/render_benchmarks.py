@@ -15,12 +15,17 @@ def _machine(doc: dict) -> str:
             f"Python {m.get('python')}, torch {m.get('torch')}, llama-cpp-python {m.get('llama-cpp-python')}, gguf {m.get('gguf')}")
 
 
+def _header(doc: dict, title: str, machine_note: str = "") -> list[str]:
+    """Section title, the command that wrote the result, its commit and date, and the machine."""
+    return [f"## {title} (`{doc.get('name', '')}.json`)", "",
+            f"`{doc['command']}` — commit `{doc['git_commit'][:12]}`, {doc['date']}  ",
+            f"Machine: {_machine(doc)}{machine_note}"]
+
+
 def render_export(doc: dict) -> list[str]:
     m = doc["metrics"]
     lines = [
-        "## GGUF export (`export.json`)", "",
-        f"`{doc['command']}` — commit `{doc['git_commit'][:12]}`, {doc['date']}  ",
-        f"Machine: {_machine(doc)}", "",
+        *_header(doc, "GGUF export"), "",
         f"Source: `{m['source']}` (bundled Q4_1 GGUF, dequantized and saved as a HF checkpoint).", "",
         "| metric | value |", "|---|---|",
         f"| `export_seconds` (slimkit F16, whole process) | {m['export_seconds']} |",
@@ -37,12 +42,83 @@ def render_export(doc: dict) -> list[str]:
     return lines + [""]
 
 
+def render_devices(doc: dict) -> list[str]:
+    m = doc["metrics"]
+    lines = [
+        *_header(doc, "Device profiling: measured vs predicted llama.cpp speed", "  "),
+        f"{m['threads']} threads, backend {m['backend']}, runner environment {m.get('runner_env', {})}, "
+        f"{m['rounds']} interleaved rounds x {m['repetitions']} "
+        f"repetitions, medians; 1-min load average min/median/max "
+        f"{m['loadavg_1min']['min']:.2f}/{m['loadavg_1min']['median']:.2f}/{m['loadavg_1min']['max']:.2f}.  ",
+        f"Split: {m['split']['rule']}. Pruned student: {m['pruned_student'].get('made_by', '?')}.", "",
+        f"Median relative error on the scored artifacts: decode **{m['median_abs_error_decode']}** (target ≤ 0.10), "
+        f"prefill **{m['median_abs_error_prefill']}** (target ≤ 0.20). Decode = tg128, prefill = pp512. "
+        + (f"Noise of the measurements themselves (median deviation of one round's median from all rounds'): "
+           f"decode {m['measurement_round_spread']['decode']}, prefill {m['measurement_round_spread']['prefill']}."
+           if "measurement_round_spread" in m else ""), "",
+        "| artifact | measured decode tok/s | predicted | measured prefill tok/s | predicted |", "|---|---|---|---|---|",
+    ]
+    for r in m["rows"]:
+        lines.append(f"| {r['artifact']} | {r['measured_decode_tps']:.1f} | {r['predicted_decode_tps']:.1f} | "
+                     f"{r['measured_prefill_tps']:.1f} | {r['predicted_prefill_tps']:.1f} |")
+    c = m["calibration"]
+    lines += ["", f"Calibration ({c['source']}): decode {c.get('decode_fit', '')}; efficiency per tensor-type group "
+              + ", ".join(f"{g} {e:.3f}" for g, e in c["decode_eff"].items())
+              + f"; {1e6 * c.get('seconds_per_layer', 0):.0f} µs per layer and token. Fitted rows (not scored):", "",
+              "| artifact | measured decode | fitted | measured prefill | fitted |", "|---|---|---|---|---|"]
+    for r in m["calibration_rows"]:
+        lines.append(f"| {r['artifact']} | {r['measured_decode_tps']:.1f} | {r['predicted_decode_tps']:.1f} | "
+                     f"{r['measured_prefill_tps']:.1f} | {r['predicted_prefill_tps']:.1f} |")
+    lines += ["", "Predictions for the pruned student at Q4_0 (ctx 512; PREDICTIONS, calibrated on this host):", "",
+              "| device | decode tok/s | prefill tok/s (512) | TTFT ms (128) | memory MB | fits |", "|---|---|---|---|---|---|"]
+    for name, p in m["predictions"].items():
+        lines.append(f"| {name} | {p['decode_tps']:.1f} | {p['prefill_tps_512']:.0f} | {p['ttft_ms']:.0f} | "
+                     f"{p['memory_mb']:.0f} | {p['fits']} |")
+    return lines + [""]
+
+
+def render_distill(doc: dict) -> list[str]:
+    m = doc["metrics"]
+    return [
+        *_header(doc, "Distillation", f"; load average {m.get('loadavg')}"), "",
+        f"Student: {m['student']}; teacher `{m['teacher']}`. Train: {m['train_data']}, "
+        f"{m['tokens']} tokens per variant. Eval: {m['eval_data']}. {m['protocol']}.", "",
+        "| variant | WikiText-2 ppl |", "|---|---|",
+        f"| teacher | {m['teacher_ppl']:.3f} |",
+        f"| pruned, before training | {m['ppl_pruned']:.3f} |",
+        f"| cross-entropy fine-tune | {m['ppl_ce']:.3f} |",
+        f"| KD forward KL (top-k cache) | {m['ppl_kd_fkl']:.3f} |",
+        f"| KD reverse KL (top-k cache) | {m['ppl_kd_rkl']:.3f} |",
+        f"| KD forward KL + hidden MSE (online) | {m['ppl_kd_fkl_feature']:.3f} |", "",
+        f"`recovered_fraction_kd` = {m['recovered_fraction_kd']}.", "",
+        "| mode | tokens/s | peak RSS MB |", "|---|---|---|",
+        f"| naive (online teacher, full-vocab KL) | {m['tokens_per_s_naive']} | {m['peak_rss_mb_naive']} |",
+        f"| slimkit (cached top-k logits) | {m['tokens_per_s_slimkit']} | {m['peak_rss_mb_slimkit']} |", "",
+        f"`throughput_ratio` = {m['throughput_ratio']} (target ≥ 1.3).", "",
+    ]
+
+
+def render_onnx(doc: dict) -> list[str]:
+    m = doc["metrics"]
+    load = ", ".join(f"{a[0]:.2f}" for a in m["loadavg"])
+    lines = [
+        *_header(doc, "ONNX export next to GGUF", f"; 1-min load average at start, end: {load}."), "",
+        "smollm2-135m-instruct. ONNX: `slimkit export onnx` (onnxruntime-genai model builder; int8 and int4 = "
+        "ONNX Runtime's MatMulNBits, block 32), each validated. GGUF: `slimkit export gguf`. "
+        "ppl: WikiText-2 validation, first 16 windows of 512 tokens, one protocol in ONNX Runtime, llama.cpp "
+        "and torch. decode: greedy, 128 tokens after a 32-token prompt, 2 threads (onnxruntime-genai, "
+        "llama-cpp-python, torch with KV cache), median of 3 interleaved rounds.", "",
+        "| format | precision | file MB | ppl | decode tokens/s |", "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['format']} | {r['precision']} | {r['file_mb']} | {r['ppl']} | {r['decode_tokens_per_s']} |"
+              for r in m["rows"]]
+    return lines + [""]
+
+
 def render_prune(doc: dict) -> list[str]:
     m = doc["metrics"]
     lines = [
-        "## Structured pruning (`prune.json`)", "",
-        f"`{doc['command']}` — commit `{doc['git_commit'][:12]}`, {doc['date']}  ",
-        f"Machine: {_machine(doc)}", "",
+        *_header(doc, "Structured pruning"), "",
         f"Source: `{m['source']}`, {m['dense_params']:,} {m['params_counted']} parameters; dense perplexity "
         f"`dense_ppl` = {m['dense_ppl']}. Perplexity right after pruning, no training: {m['ppl_protocol']}. "
         f"Calibration: {m['calibration']}. Shapes: {m['shape_protocol']}.", "",
@@ -55,7 +131,7 @@ def render_prune(doc: dict) -> list[str]:
     return lines + [""]
 
 
-RENDERERS = {"export": render_export, "prune": render_prune}
+RENDERERS = {"export": render_export, "prune": render_prune, "devices": render_devices, "distill": render_distill, "onnx": render_onnx}
 
 
 def main() -> None:

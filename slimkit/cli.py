@@ -64,6 +64,69 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.output, source=args.source, text=args.text, max_chunks=args.max_chunks)
 
 
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from devices.profile import device_rows
+
+    _print_table(device_rows())
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from compress.errors import SlimkitError
+    from devices.errors import DeviceError
+    from devices.profile import profile, render
+
+    try:
+        result = profile(args.artifact, args.device, args.runtime, ctx=args.ctx, threads=args.threads,
+                         repetitions=args.repetitions, identity=args.identity, python=args.python,
+                         calibration=args.calibration, timeout=args.timeout,
+                         env=args.env)
+    except DeviceError as exc:  # devices does not import compress: same one-line error, exit code 2
+        raise SlimkitError(str(exc)) from None
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from compress.distill.config import DistillConfig
+    from compress.distill.teachers import make_specs
+    from compress.distill.trainer import distill
+
+    specs = make_specs(args.teacher, args.teacher_weight, loss=args.loss, beta=args.beta,
+                       temperature=args.temperature, feature_loss=args.feature_loss,
+                       feature_weight=args.feature_weight, relation_weight=args.relation_weight,
+                       layer_map=args.layer_map, quantize=args.teacher_quantize)
+    cfg = DistillConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size,
+                        micro_batch=args.micro_batch, lr=args.lr, ce_weight=args.ce_weight,
+                        eval_every=args.eval_every, save_every=args.save_every, precision=args.precision,
+                        seed=args.seed, logit_cache=str(args.logit_cache) if args.logit_cache else None,
+                        top_k=args.top_k, data_free_tokens=args.data_free_tokens)
+    res = distill(args.student, specs, args.output, cfg, data=args.data, resume=args.resume)
+    if res.main_rank:
+        final = res.evals[-1]
+        print(f"wrote {res.out} after {res.steps} steps ({res.tokens} tokens, {res.tokens_per_s:.0f} tokens/s); "
+              f"held-out ppl {final['heldout_ppl']:.3f}"
+              + (f", KL to teacher {final['kl_to_teacher']:.4f}, top-1 agreement {final['top1_agreement']:.3f}"
+                 if "kl_to_teacher" in final else ""))
+    return 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from export.onnx.export import export_onnx
+
+    res = export_onnx(args.source, args.output, args.precision, block_size=args.block_size,
+                      validate=not args.no_validate)
+    print(f"wrote {res.path} (ONNX {res.precision}, {res.file_mb:.1f} MB) in {res.seconds:.1f} s")
+    if res.validation:
+        v, kv, g = res.validation, res.validation["kv_cache"], res.validation["greedy"]
+        print(f"validated in ONNX Runtime on {v['n_tokens']} tokens: tokenizer identical, max |dlogit| "
+              f"{v['max_abs_diff']:.3g}" + (f" (tolerance {v['tolerance']:.3g})" if "tolerance" in v else "")
+              + f", top-1 agreement {v['top1_agreement']:.3f}, mean KL {v['mean_kl']:.3g}; KV cache vs full "
+              f"recomputation {kv['max_abs_diff']:.3g} (tolerance {kv['tolerance']:.3g}); greedy {g['tokens']} "
+              f"tokens {'identical to' if g['identical'] else 'differ from'} torch")
+    return 0
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     from compress.checkpoint import save
     from compress.prune import PruneConfig, prune
@@ -96,6 +159,15 @@ def _print_plan(plan) -> None:
         rows.append(((">> " if k == 0 else "   ") + c.name, *c.shape.as_dict().values(), f"{c.params:,}", loss))
     _print_table(rows)
     sys.stdout.flush()
+
+
+def _count(text: str) -> float:
+    """A ratio (0.75) or a count with an optional K/M/B suffix (70M)."""
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9}.get(text[-1:].lower(), 1)
+    try:
+        return float(text[:-1] if scale != 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a ratio like 0.75 or a count like 70M, got {text!r}") from None
 
 
 def _check_writable(out: Path) -> None:
@@ -135,8 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--type", default="F16", metavar="TYPE", help=f"tensor type: {', '.join(ALL_TYPES)}")
     s.add_argument("--no-validate", action="store_true", help="skip the llama.cpp parity check")
     s.set_defaults(func=_cmd_export_gguf)
+    s = ex.add_parser("onnx", help="write an ONNX decoder with KV cache + genai_config.json (validated in ONNX Runtime)")
+    s.add_argument("source", help="HF directory, .gguf file or zoo name")
+    s.add_argument("-o", "--output", required=True, type=Path, help="output directory")
+    s.add_argument("--precision", default="fp32", metavar="P", help="fp32 | fp16 | int8 | int4 (int8/int4: MatMulNBits weights)")
+    s.add_argument("--block-size", type=int, default=None, help="int8/int4 quantization block size (default 32)")
+    s.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime parity checks")
+    s.set_defaults(func=_cmd_export_onnx)
 
-    s = sub.add_parser("eval", help="perplexity of a checkpoint or a .gguf on a text file")
+    s = sub.add_parser("eval", help="perplexity of a checkpoint, a .gguf or an ONNX export directory on a text file")
     s.add_argument("source", help="HF directory, .gguf file or zoo name")
     s.add_argument("--text", required=True, type=Path, help="UTF-8 text file (.gz accepted)")
     s.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
@@ -154,10 +233,60 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models-dir", type=Path, default=None, help="Ollama models dir (default $OLLAMA_MODELS or ~/.ollama/models)")
     s.set_defaults(func=_cmd_package_ollama)
 
+    s = sub.add_parser("devices", help="list the device profiles (phones, boards, this host)")
+    s.set_defaults(func=_cmd_devices)
+
+    s = sub.add_parser("profile", help="measure an artifact on a device, or predict for a device profile")
+    s.add_argument("artifact", help=".gguf file or ONNX model directory")
+    s.add_argument("--device", default="local", help="local | ssh://user@host[:port] | adb://SERIAL | PROFILE_NAME")
+    s.add_argument("--runtime", choices=["llama.cpp", "onnxruntime"], default=None, help="default: from the artifact")
+    s.add_argument("--ctx", type=int, default=512, help="context length for the KV cache and memory check")
+    s.add_argument("--threads", type=int, default=2, help="threads on the target (default 2)")
+    s.add_argument("--repetitions", type=int, default=5, help="timed repetitions per test")
+    s.add_argument("--identity", default=None, help="ssh private key file (default: your ssh config)")
+    s.add_argument("--python", default=None, help="python on the target (default python3)")
+    s.add_argument("--calibration", type=Path, default=None, help="calibration JSON for predictions")
+    s.add_argument("--timeout", type=float, default=900.0, help="seconds the run may take on the target")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for the runner on the target, e.g. OMP_WAIT_POLICY=PASSIVE on a busy host")
+    s.add_argument("--json", action="store_true", help="print the full JSON record")
+    s.set_defaults(func=_cmd_profile)
+
+    s = sub.add_parser("distill", help="distil one or more teachers into a student (runs under torchrun too)")
+    s.add_argument("student", help="HF directory, .gguf file or zoo name")
+    s.add_argument("--teacher", action="append", default=[], help="teacher source (repeat for several)")
+    s.add_argument("--teacher-weight", type=float, nargs="+", default=None, help="one weight per teacher (default 1/n)")
+    s.add_argument("--teacher-quantize", choices=["nf4"], default=None, help="load teachers 4-bit NF4 (bitsandbytes)")
+    s.add_argument("-o", "--output", required=True, type=Path, help="output checkpoint directory")
+    s.add_argument("--data", type=Path, nargs="+", default=[], help="text (.gz), jsonl text or chat jsonl files; "
+                   "none = sample a corpus from the first teacher")
+    s.add_argument("--tokens", type=int, required=True, help="training budget in tokens")
+    s.add_argument("--loss", choices=["fkl", "rkl", "jsd", "tv"], default="fkl", help="logit loss (default fkl)")
+    s.add_argument("--beta", type=float, default=0.5, help="generalized JSD beta (default 0.5)")
+    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
+    s.add_argument("--feature-loss", choices=["mse", "cosine"], default="mse")
+    s.add_argument("--feature-weight", type=float, default=0.0, help="hidden-state loss weight (default 0)")
+    s.add_argument("--relation-weight", type=float, default=0.0, help="attention/value relation weight (default 0)")
+    s.add_argument("--layer-map", default="uniform", help="'uniform' or STUDENT:TEACHER pairs, e.g. 2:4,4:8")
+    s.add_argument("--ce-weight", type=float, default=0.0, help="cross-entropy on the data (alone without teachers)")
+    s.add_argument("--logit-cache", type=Path, default=None, help="offline teacher-logit cache directory")
+    s.add_argument("--top-k", type=int, default=64, help="logits kept per token in the cache (default 64)")
+    s.add_argument("--seq-len", type=int, default=512)
+    s.add_argument("--batch-size", type=int, default=8, help="windows per optimizer step over all ranks")
+    s.add_argument("--micro-batch", type=int, default=1, help="windows per forward pass on one rank")
+    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0 = at the end)")
+    s.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0 = never)")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-free-tokens", type=int, default=None, help="size of the sampled corpus without --data")
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT.state")
+    s.set_defaults(func=_cmd_distill)
+
     s = sub.add_parser("prune", help="structured pruning (depth and width) to a parameter target or a shape")
     s.add_argument("source", help="HF directory, .gguf file or zoo name")
     s.add_argument("-o", "--output", required=True, type=Path, help="output HF checkpoint directory")
-    s.add_argument("--target-params", type=float, default=None, metavar="N|RATIO",
+    s.add_argument("--target-params", type=_count, default=None, metavar="N|RATIO",
                    help="parameters to keep: a ratio in (0,1] of the model's or an absolute count "
                         "(non-embedding unless --count-embeddings)")
     for dim, what in (("layers", "decoder blocks"), ("hidden", "hidden width"), ("ffn", "FFN width"),

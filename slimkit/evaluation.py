@@ -6,6 +6,7 @@ from typing import Any
 
 from compress import gguf_file
 from compress.evaluate import read_text, torch_perplexity
+from export.onnx.layout import is_onnx_dir
 
 
 def evaluate_source(source: str, text_path: str | Path, ctx: int = 512, max_chunks: int | None = None,
@@ -19,6 +20,10 @@ def evaluate_source(source: str, text_path: str | Path, ctx: int = 512, max_chun
         from export.runtime import gguf_perplexity
 
         result, runtime = gguf_perplexity(path, text, ctx, max_chunks, progress), "llama.cpp"
+    elif is_onnx_dir(path):
+        from export.onnx.runtime import onnx_perplexity
+
+        result, runtime = onnx_perplexity(path, text, ctx, max_chunks, progress), "onnxruntime"
     else:
         from compress.checkpoint import load
 

@@ -53,6 +53,18 @@ def _batches(windows: torch.Tensor, batch: int):
         yield windows[i:i + batch]
 
 
+def _forward_with_hooks(model: torch.nn.Module, hooks: list, windows: torch.Tensor, batch: int, desc: str,
+                        progress: bool) -> None:
+    """One no-grad pass over the calibration windows; the hooks collect what they need, then go."""
+    try:
+        with torch.no_grad():
+            for ids in tqdm(list(_batches(windows, batch)), desc=desc, disable=not progress):
+                model(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _lm_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, labels=ids).loss
 
@@ -82,13 +94,7 @@ def activation_scores(model: torch.nn.Module, windows: torch.Tensor, batch: int 
         hooks.append(norm.register_forward_hook(lambda m, a, out: add("hidden", out.abs().mean(1))))  # [B,T,D] -> [B,D]
     if influence:
         hooks += _influence_hooks(model, bi_total)
-    try:
-        with torch.no_grad():
-            for ids in tqdm(list(_batches(windows, batch)), desc="calibration (activations)", disable=not progress):
-                model(input_ids=ids)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with_hooks(model, hooks, windows, batch, "calibration (activations)", progress)
     heads = [sq[f"head{i}"].sqrt() for i in range(n_layers)]
     layers = (bi_total / windows.numel()).float() if influence else torch.zeros(n_layers)
     return Scores(layers=layers, hidden=sq["hidden"].sqrt(),
@@ -182,14 +188,7 @@ def _influence_hooks(model: torch.nn.Module, total: torch.Tensor) -> list:
 def block_influence(model: torch.nn.Module, windows: torch.Tensor, batch: int = 4, progress: bool = True) -> torch.Tensor:
     """ShortGPT block influence per block: 1 - mean over tokens of cos(input, output)."""
     total = torch.zeros(len(_blocks(model)), dtype=torch.float64)
-    hooks = _influence_hooks(model, total)
-    try:
-        with torch.no_grad():
-            for ids in tqdm(list(_batches(windows, batch)), desc="calibration (block influence)", disable=not progress):
-                model(input_ids=ids)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with_hooks(model, _influence_hooks(model, total), windows, batch, "calibration (block influence)", progress)
     return (total / windows.numel()).float()
 
 

@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses (pure functions), teachers (one or many, logit cache), trainer."""

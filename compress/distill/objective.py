@@ -1,0 +1,122 @@
+"""The training objective: one student forward, each teacher's targets (online forward or logit
+cache), and the weighted sum of the losses in compress.distill.losses.
+
+    loss = ce_weight * CE(data)
+         + sum_i weight_i * ( divergence_i(student, teacher_i; T_i)
+                              + feature_weight_i * mean over mapped layers of mse|cosine(P(h_s), h_t)
+                              + relation_weight_i * (attention relation KL + value relation KL) )
+
+Hidden states for the feature loss are layer-normalised (no affine) on both sides before the
+loss: LLM residual streams carry a few huge channels that would otherwise swamp the MSE.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.distill import losses
+from compress.distill.features import (Projections, capture_qkv, num_layers, parse_layer_map, relation_heads)
+from compress.distill.losses import SparseLogits
+from compress.distill.teachers import Teacher, teacher_forward
+
+
+class DistillModule(nn.Module):
+    """The trainable part: the student and the feature projections (one set per teacher that
+    uses a feature loss). DDP wraps this module, so both are synchronised."""
+
+    def __init__(self, student: nn.Module, teachers: Sequence[Teacher]) -> None:
+        super().__init__()
+        self.student = student
+        self.projections = nn.ModuleDict()
+        for i, t in enumerate(teachers):
+            if t.spec.feature_weight > 0:
+                layer_map = parse_layer_map(t.spec.layer_map, num_layers(student), num_layers(t.model))
+                self.projections[str(i)] = Projections(layer_map, student.config.hidden_size,
+                                                       t.model.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, hidden: bool, qkv_layer: int | None) -> tuple[Any, dict, dict]:
+        with capture_qkv(self.student, qkv_layer) if qkv_layer is not None else contextlib.nullcontext({}) as found:
+            out = self.student(input_ids=input_ids, output_hidden_states=hidden, use_cache=False)
+        projected = {k: p(out.hidden_states) for k, p in self.projections.items()} if hidden else {}
+        return out, dict(found), projected
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def _trim(t: torch.Tensor | SparseLogits, n_vocab: int | None) -> torch.Tensor | SparseLogits:
+    """Drop the last position (it predicts past the window) and padded vocabulary rows."""
+    if isinstance(t, SparseLogits):
+        return SparseLogits(t.indices[:, :-1], t.values[:, :-1], t.rest_lse[:, :-1], t.temperature)
+    return t[:, :-1, :n_vocab] if n_vocab else t[:, :-1]
+
+
+def _norm(h: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(h.float(), h.shape[-1:])
+
+
+def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor, inner: DistillModule, qkv: dict,
+                   projected: dict, ids: torch.Tensor, cached: SparseLogits | None, n_vocab: int | None,
+                   qkv_layer: int, autocast: Any) -> dict[str, torch.Tensor]:
+    spec = teacher.spec
+    terms: dict[str, torch.Tensor] = {}
+    if cached is not None:
+        t_logits: torch.Tensor | SparseLogits = cached
+        t_out = None
+    else:
+        with autocast():
+            t_out = teacher_forward(teacher, ids, hidden=spec.feature_weight > 0,
+                                    qkv_layer=qkv_layer if spec.relation_weight > 0 else None)
+        t_logits = t_out.logits
+    terms[f"t{i}_{spec.loss}"] = losses.divergence(spec.loss, s_logits, _trim(t_logits, n_vocab),
+                                                   temperature=spec.temperature, beta=spec.beta)
+    if spec.feature_weight > 0:
+        feat = losses.hidden_mse if spec.feature_loss == "mse" else losses.hidden_cosine
+        layer_map = inner.projections[str(i)].layer_map
+        vals = [feat(_norm(p), _norm(t_out.hidden[t])) for p, (_, t) in zip(projected[str(i)], layer_map)]
+        terms[f"t{i}_feature"] = torch.stack(vals).mean() * spec.feature_weight
+    if spec.relation_weight > 0:
+        heads = teacher.extra["relation_heads"]
+        attn = losses.attention_relation_kl(qkv["q"], qkv["k"], t_out.qkv["q"], t_out.qkv["k"], heads)
+        value = losses.value_relation_kl(qkv["v"], t_out.qkv["v"], heads)
+        terms[f"t{i}_relation"] = (attn + value) * spec.relation_weight
+    return terms
+
+
+def compute_loss(module: nn.Module, teachers: Sequence[Teacher], ids: torch.Tensor,
+                 cached: Sequence[SparseLogits | None], ce_weight: float, relation_layer: int,
+                 autocast: Any) -> LossParts:
+    """Loss of one micro-batch `ids` (B, L). `module` is the DistillModule, maybe DDP-wrapped."""
+    inner = module.module if hasattr(module, "module") else module
+    hidden = any(t.spec.feature_weight > 0 for t in teachers)
+    relation = any(t.spec.relation_weight > 0 for t in teachers)
+    with autocast():
+        out, qkv, projected = module(ids, hidden, relation_layer if relation else None)
+    s_logits = out.logits[:, :-1]
+    terms: dict[str, torch.Tensor] = {}
+    if ce_weight > 0 or not teachers:
+        terms["ce"] = losses.cross_entropy(s_logits, ids[:, 1:]) * (ce_weight if teachers else 1.0)
+    for i, t in enumerate(teachers):
+        n_vocab = None
+        if t.model is not None and t.model.config.vocab_size != inner.student.config.vocab_size:
+            n_vocab = len(t.tokenizer)  # same tokenizer, padded embeddings: compare the real tokens
+        s = s_logits[..., :n_vocab] if n_vocab else s_logits
+        for name, value in _teacher_terms(i, t, s, inner, qkv, projected, ids, cached[i], n_vocab,
+                                          relation_layer, autocast).items():
+            terms[name] = value * t.spec.weight
+    total = torch.stack(list(terms.values())).sum()
+    return LossParts(total, {k: float(v.detach()) for k, v in terms.items()})
+
+
+def prepare_teachers(student: nn.Module, teachers: Sequence[Teacher]) -> None:
+    for t in teachers:
+        if t.spec.relation_weight > 0:
+            t.extra["relation_heads"] = relation_heads(student, t.model)

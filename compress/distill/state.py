@@ -1,0 +1,94 @@
+"""Training checkpoints that resume exactly: student weights (a normal slimkit checkpoint written by
+compress.checkpoint.save), projections, optimizer, scheduler, RNG states and the step (the data
+position follows from the step: see trainer.window_order).
+
+    <OUT>.state/checkpoints/step-000120/student/      HF directory + slimkit.json
+    <OUT>.state/checkpoints/step-000120/trainer.pt    everything else (torch.save of plain types)
+
+A checkpoint directory is assembled under a temporary name and renamed into place, so a crash
+leaves the previous checkpoint intact and never a half-written one.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.atomic import fsync_dir
+from compress.checkpoint import Checkpoint, load, save
+from compress.errors import SlimkitError
+
+PREFIX = "step-"
+
+
+def state_dir(out: Path) -> Path:
+    """Run state lives beside OUT: OUT itself is replaced whole by the final save."""
+    return out.parent / f"{out.name}.state"
+
+
+def checkpoints(state: Path) -> list[Path]:
+    root = state / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "trainer.pt").is_file())
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(state: Path, step: int, ckpt: Checkpoint, inner: Any, optimizer: Any, scheduler: Any,
+                    extra: dict[str, Any], keep: int) -> Path:
+    root = state / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        save(Checkpoint(inner.student, ckpt.tokenizer, copy.deepcopy(ckpt.history), ckpt.gguf_vocab), tmp / "student")
+        torch.save({"step": step, "projections": inner.projections.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(), **extra}, tmp / "trainer.pt")
+        with open(tmp / "trainer.pt", "rb") as f:
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoints(state)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def restore_checkpoint(path: Path, inner: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Load a checkpoint into the live objects; returns trainer.pt's dict (step, extras)."""
+    try:
+        saved = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises many types for a truncated pickle
+        raise SlimkitError(f"cannot read {path / 'trainer.pt'} ({exc}); delete {path} to resume from the one before") from None
+    weights = load(path / "student").model.state_dict()
+    device = next(inner.student.parameters()).device
+    inner.student.load_state_dict({k: v.to(device) for k, v in weights.items()})
+    inner.projections.load_state_dict(saved["projections"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    return saved

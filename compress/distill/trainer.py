@@ -1,0 +1,325 @@
+"""The distillation loop: AdamW, linear warmup then cosine, gradient accumulation, bf16 autocast
+where supported, clipping, periodic evaluation and checkpoints, exact resume, DDP.
+
+Data order: window positions form one stream over epochs; epoch e visits the training windows
+in the order randperm(N, seed + e). Optimizer step s uses stream positions [s*B, (s+1)*B); on
+a world of W ranks with micro-batch m, micro-step j of rank r takes positions
+s*B + j*W*m + r*m + [0, m). The order depends on the step only, so resuming at step s
+continues with exactly the windows an uninterrupted run would have used, and a world of 2 sees
+the same global batch as a world of 1.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from compress.checkpoint import Checkpoint, load, save
+from compress.data import Corpus, load_corpus, teacher_corpus
+from compress.distill import losses
+from compress.distill.config import DistillConfig
+from compress.distill.logit_cache import open_cache
+from compress.distill.objective import DistillModule, compute_loss, prepare_teachers
+from compress.distill.parallel import Dist
+from compress.distill.state import checkpoints, restore_checkpoint, save_checkpoint, state_dir
+from compress.distill.teachers import Teacher, TeacherSpec, load_teacher
+from compress.errors import SlimkitError
+
+Callback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class DistillResult:
+    out: Path
+    steps: int
+    tokens: int
+    tokens_per_s: float
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    main_rank: bool = True  # under torchrun only rank 0 reports
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def window_order(positions: Sequence[int], n: int, seed: int) -> list[int]:
+    return [int(_epoch_order(n, seed, p // n)[p % n]) for p in positions]
+
+
+def micro_positions(step: int, micro: int, rank: int, world: int, cfg: DistillConfig) -> list[int]:
+    start = step * cfg.batch_size + micro * world * cfg.micro_batch + rank * cfg.micro_batch
+    return list(range(start, start + cfg.micro_batch))
+
+
+def _autocast(cfg: DistillConfig, device: torch.device) -> Callable[[], Any]:
+    use = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
+                                      and torch.cuda.is_bf16_supported())
+    if not use:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _corpus(data: Sequence[str | Path], tokenizer: Any, teachers: Sequence[Teacher], cfg: DistillConfig,
+            state: Path, dist: Dist, progress: bool) -> Corpus:
+    if data:
+        return load_corpus(data, tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.seed)
+    if not teachers or teachers[0].model is None:
+        raise SlimkitError("no --data and no teacher to sample a data-free corpus from; give --data FILE or a --teacher")
+    path = state / "data_free_corpus.pt"  # sampled once (rank 0), reused by the other ranks and on resume
+    if dist.main and not path.is_file():
+        corpus = teacher_corpus(teachers[0].model, tokenizer, cfg.data_free_tokens or cfg.tokens, cfg.seq_len,
+                                cfg.heldout_fraction, cfg.seed, progress=progress)
+        state.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"train": corpus.train, "heldout": corpus.heldout, "source": corpus.source}, tmp)
+        tmp.replace(path)
+    dist.barrier()
+    saved = torch.load(path, weights_only=True)
+    return Corpus(saved["train"], saved["heldout"], saved["source"])
+
+
+def training_windows(corpus: Corpus, cfg: DistillConfig) -> torch.Tensor:
+    """The windows the budget will visit: all of them when the budget covers an epoch, else a
+    seeded subset (so a logit cache is only built for windows that are used)."""
+    needed = cfg.steps * cfg.batch_size
+    n = corpus.train.shape[0]
+    if needed >= n:
+        return corpus.train
+    keep = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:needed].sort().values
+    return corpus.train[keep]
+
+
+def _logits_fn(teacher: Teacher, device: torch.device, autocast: Callable[[], Any]) -> Callable:
+    @torch.no_grad()
+    def fn(ids: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return teacher.model(input_ids=ids.to(device), use_cache=False).logits.float().cpu()
+    return fn
+
+
+def _open_caches(teachers: Sequence[Teacher], train: torch.Tensor, heldout: torch.Tensor, cfg: DistillConfig,
+                 dist: Dist, autocast: Callable[[], Any], progress: bool) -> tuple[list, Any]:
+    """Per teacher: its training-logit cache when it is logit-only and a cache dir is given;
+    plus the held-out cache of teacher 0 for evaluation (temperature 1)."""
+    caches: list[Any] = [None] * len(teachers)
+    eval_cache = None
+    if not cfg.logit_cache:
+        return caches, eval_cache
+    for i, t in enumerate(teachers):
+        if t.spec.feature_weight > 0 or t.spec.relation_weight > 0:
+            continue  # needs hidden states online anyway; its logits come for free
+        fn = _logits_fn(t, dist.device, autocast)
+        name = f"teacher{i}-train-k{cfg.top_k}-T{t.spec.temperature:g}"
+        caches[i] = open_cache(cfg.logit_cache, name, train, t.identity, cfg.top_k, t.spec.temperature, fn,
+                               dist, progress=progress)
+        if i == 0 and heldout.shape[0]:
+            eval_cache = open_cache(cfg.logit_cache, f"teacher0-heldout-k{cfg.top_k}", heldout[:cfg.eval_windows],
+                                    t.identity, cfg.top_k, 1.0, fn, dist, progress=progress)
+        t.model = None  # served by the cache from now on: free its memory
+    return caches, eval_cache
+
+
+@torch.no_grad()
+def evaluate(student: Any, teacher: Teacher | None, eval_cache: Any, heldout: torch.Tensor, cfg: DistillConfig,
+             dist: Dist, autocast: Callable[[], Any]) -> dict[str, float]:
+    """Held-out perplexity, and KL(teacher || student) + top-1 agreement with teacher 0 (T = 1)."""
+    windows = heldout[:cfg.eval_windows]
+    sums = [0.0, 0.0, 0.0, 0.0]  # nll, tokens, kl * tokens, agreeing tokens
+    was_training = student.training
+    student.eval()
+    for i in range(dist.rank, windows.shape[0], dist.world):
+        ids = windows[i:i + 1].to(dist.device)
+        with autocast():
+            s = student(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        n = s.shape[1]
+        sums[0] += float(losses.cross_entropy(s, ids[:, 1:])) * n
+        sums[1] += n
+        t: Any = None
+        if eval_cache is not None:
+            sp = eval_cache.get([i]).to(dist.device)
+            t = losses.SparseLogits(sp.indices[:, :-1], sp.values[:, :-1], sp.rest_lse[:, :-1], 1.0)
+            top1 = t.indices[..., 0]
+        elif teacher is not None and teacher.model is not None:
+            with autocast():
+                t = teacher.model(input_ids=ids, use_cache=False).logits[:, :-1, :s.shape[-1]].float()
+            top1 = t.argmax(-1)
+        if t is not None:
+            sums[2] += float(losses.forward_kl(s, t)) * n
+            sums[3] += float((s.argmax(-1) == top1.to(s.device)).sum())
+    student.train(was_training)
+    nll, count, kl, agree = dist.sum(sums)
+    result = {"heldout_ppl": math.exp(nll / max(count, 1)), "heldout_tokens": int(count)}
+    if eval_cache is not None or (teacher is not None and teacher.model is not None):
+        result.update(kl_to_teacher=kl / max(count, 1), top1_agreement=agree / max(count, 1))
+    return result
+
+
+def distill(student_source: str | Path, teachers: Sequence[TeacherSpec], out: str | Path, cfg: DistillConfig,
+            data: Sequence[str | Path] = (), resume: bool = False, progress: bool = True,
+            callback: Callback | None = None) -> DistillResult:
+    """Distil `teachers` into the student; write the result to OUT (a slimkit checkpoint)."""
+    dist = Dist.from_env()
+    try:
+        return _Run(student_source, teachers, Path(out), cfg, data, dist, progress).train(resume, callback)
+    finally:
+        dist.close()
+
+
+class _Run:
+    def __init__(self, student_source: str | Path, specs: Sequence[TeacherSpec], out: Path, cfg: DistillConfig,
+                 data: Sequence[str | Path], dist: Dist, progress: bool) -> None:
+        self.cfg, self.dist, self.out, self.state = cfg, dist, out, state_dir(out)
+        self.progress = progress and dist.main
+        self.accum = cfg.accumulation(dist.world)
+        _seed_all(cfg.seed)
+        self.ckpt: Checkpoint = load(student_source)
+        self.ckpt.history = {**self.ckpt.history, "source": self.ckpt.history.get("source", str(student_source))}
+        student = self.ckpt.model.to(dist.device).train()
+        for p in student.parameters():
+            p.requires_grad_(True)
+        self.autocast = _autocast(cfg, dist.device)
+        self.teachers = [load_teacher(s, self.ckpt.tokenizer, dist.device) for s in specs]
+        prepare_teachers(student, self.teachers)
+        corpus = _corpus(data, self.ckpt.tokenizer, self.teachers, cfg, self.state, dist, self.progress)
+        self.corpus_source = corpus.source
+        self.train_windows, self.heldout = training_windows(corpus, cfg), corpus.heldout
+        self.inner = DistillModule(student, self.teachers).to(dist.device)
+        self.caches, self.eval_cache = _open_caches(self.teachers, self.train_windows, self.heldout, cfg, dist,
+                                                    self.autocast, self.progress)
+        self.module: Any = self.inner
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.module = DDP(self.inner, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW([p for p in self.inner.parameters() if p.requires_grad], lr=cfg.lr,
+                                           betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            self.optimizer, round(cfg.warmup_fraction * cfg.steps), cfg.steps, min_lr_rate=cfg.min_lr_ratio)
+        self.log_path = self.state / "train_log.jsonl"
+
+    def _resume(self, resume: bool) -> int:
+        found = checkpoints(self.state)
+        if found and not resume:
+            raise SlimkitError(f"{self.state} holds checkpoints of an earlier run; pass --resume to continue it "
+                               "or delete that directory to start over")
+        if not (resume and found):
+            return 0
+        saved = restore_checkpoint(found[-1], self.inner, self.optimizer, self.scheduler)
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k not in DistillConfig.RESUME_FREE}
+        theirs = {k: v for k, v in saved["config"].items() if k not in DistillConfig.RESUME_FREE}
+        if mine != theirs or saved["data_sha256"] != _sha(self.train_windows):
+            diff = sorted(k for k in mine if mine[k] != theirs.get(k)) or ["training data"]
+            raise SlimkitError(f"cannot resume from {found[-1]}: {', '.join(diff)} changed since it was written; "
+                               "resume with the same options and data")
+        return int(saved["step"])
+
+    def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, list]:
+        pos = micro_positions(step, micro, self.dist.rank, self.dist.world, self.cfg)
+        idx = window_order(pos, self.train_windows.shape[0], self.cfg.seed)
+        cached = [c.get(idx).to(self.dist.device) if c is not None else None for c in self.caches]
+        return self.train_windows[idx].to(self.dist.device), cached
+
+    def _step(self, step: int) -> dict[str, float]:
+        parts: dict[str, float] = {}
+        for micro in range(self.accum):
+            ids, cached = self._micro_batch(step, micro)
+            sync = micro == self.accum - 1 or self.dist.world == 1
+            with contextlib.nullcontext() if sync else self.module.no_sync():
+                lp = compute_loss(self.module, self.teachers, ids, cached, self.cfg.ce_weight,
+                                  self.cfg.relation_layer, self.autocast)
+                (lp.total / self.accum).backward()
+            for k, v in {"loss": float(lp.total.detach()), **lp.parts}.items():
+                parts[k] = parts.get(k, 0.0) + v / self.accum
+        if self.cfg.grad_clip > 0:
+            parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.inner.parameters(), self.cfg.grad_clip))
+        parts["lr"] = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        keys = sorted(parts)
+        return dict(zip(keys, self.dist.mean([parts[k] for k in keys])))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.main:
+            self.state.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _evaluate(self) -> dict[str, float]:
+        teacher = self.teachers[0] if self.teachers else None
+        return evaluate(self.inner.student, teacher, self.eval_cache, self.heldout, self.cfg, self.dist, self.autocast)
+
+    def _save(self, step: int) -> None:
+        if self.dist.main:
+            save_checkpoint(self.state, step, self.ckpt, self.inner, self.optimizer, self.scheduler,
+                            {"config": self.cfg.to_dict(), "data_sha256": _sha(self.train_windows)},
+                            self.cfg.keep_checkpoints)
+        self.dist.barrier()
+
+    def train(self, resume: bool, callback: Callback | None) -> DistillResult:
+        cfg, steps = self.cfg, self.cfg.steps
+        start = self._resume(resume)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps * cfg.tokens_per_step, initial=start * cfg.tokens_per_step, unit="tok",
+                       unit_scale=True, desc="distill", dynamic_ncols=True)
+        evals, t0, done = [], time.perf_counter(), 0
+        for step in range(start, steps):
+            metrics = self._step(step)
+            done += cfg.tokens_per_step
+            tok_s = done / (time.perf_counter() - t0)
+            metrics.update(step=step + 1, tokens=(step + 1) * cfg.tokens_per_step, tokens_per_s=tok_s)
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
+                metrics.update(self._evaluate())
+                evals.append(metrics)
+            self._log(metrics)
+            if bar is not None:
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tok_s:.0f}")
+                bar.update(cfg.tokens_per_step)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
+                self._save(step + 1)
+            if callback is not None:
+                callback(step + 1, metrics)
+        if bar is not None:
+            bar.close()
+        tok_s = done / max(time.perf_counter() - t0, 1e-9)  # training steps only, not the final evaluation
+        final = {"step": steps, **self._evaluate()}
+        evals.append(final)
+        self._log(final)
+        if self.dist.main:
+            self._write_output(final, tok_s)
+        self.dist.barrier()
+        return DistillResult(self.out, steps, steps * cfg.tokens_per_step, tok_s, evals, self.dist.main)
+
+    def _write_output(self, final: dict[str, Any], tok_s: float) -> None:
+        stage = {"stage": "distill",
+                 "config": {**self.cfg.to_dict(), "teachers": [t.spec.to_dict() for t in self.teachers],
+                            "data": self.corpus_source, "world_size": self.dist.world},
+                 "metrics": {**final, "tokens_per_s": tok_s}}
+        save(self.ckpt, self.out, stage=stage)
+        if self.log_path.is_file():
+            (self.out / "train_log.jsonl").write_bytes(self.log_path.read_bytes())
+
+
+def _sha(windows: torch.Tensor) -> str:
+    from compress.data import windows_sha256
+
+    return windows_sha256(windows)
