@@ -171,7 +171,11 @@ def main() -> None:
         row["ppl"] = round(row["ppl"], 4)
         row["decode_tokens_per_s"] = round(statistics.median(speeds[(row["format"], row["precision"])]), 1)
         print(row, flush=True)
-    path = write_result("onnx", {"rows": rows, "loadavg": [load_before, os.getloadavg()]})
+    from export.onnx.config import DEFAULT_BLOCK_SIZE
+
+    protocol = {"threads": THREADS, "ctx": CTX, "windows": WINDOWS, "prompt_tokens": PROMPT_TOKENS,
+                "decode_tokens": DECODE_TOKENS, "repeats": REPEATS, "int_block_size": DEFAULT_BLOCK_SIZE}
+    path = write_result("onnx", {"rows": rows, "protocol": protocol, "loadavg": [load_before, os.getloadavg()]})
     print(path)
 
 

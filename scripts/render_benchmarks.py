@@ -22,6 +22,12 @@ def _header(doc: dict, title: str, machine_note: str = "") -> list[str]:
             f"Machine: {_machine(doc)}{machine_note}"]
 
 
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
 def render_export(doc: dict) -> list[str]:
     m = doc["metrics"]
     lines = [
@@ -35,10 +41,9 @@ def render_export(doc: dict) -> list[str]:
         f"Timing: {m['timing']}.  ",
         f"Perplexity: {m['ppl_protocol']} of `{m['ppl_text']}`.  ",
         f"Top-1: {m['top1_protocol']}.", "",
-        "| type | file MB | ppl | top-1 agreement | mean KL |", "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['type']} | {r['file_mb']} | {r['ppl']} | {r['top1_agreement']} | {r['mean_kl']} |"
-              for r in m["ladder"]]
+    lines += _table(["type", "file MB", "ppl", "top-1 agreement", "mean KL"],
+                    [[r["type"], r["file_mb"], r["ppl"], r["top1_agreement"], r["mean_kl"]] for r in m["ladder"]])
     return lines + [""]
 
 
@@ -56,24 +61,24 @@ def render_devices(doc: dict) -> list[str]:
         + (f"Noise of the measurements themselves (median deviation of one round's median from all rounds'): "
            f"decode {m['measurement_round_spread']['decode']}, prefill {m['measurement_round_spread']['prefill']}."
            if "measurement_round_spread" in m else ""), "",
-        "| artifact | measured decode tok/s | predicted | measured prefill tok/s | predicted |", "|---|---|---|---|---|",
     ]
-    for r in m["rows"]:
-        lines.append(f"| {r['artifact']} | {r['measured_decode_tps']:.1f} | {r['predicted_decode_tps']:.1f} | "
-                     f"{r['measured_prefill_tps']:.1f} | {r['predicted_prefill_tps']:.1f} |")
+
+    def speeds(rows: list[dict]) -> list[list]:
+        return [[r["artifact"], *(f"{r[k]:.1f}" for k in ("measured_decode_tps", "predicted_decode_tps",
+                                                            "measured_prefill_tps", "predicted_prefill_tps"))]
+                for r in rows]
+
+    lines += _table(["artifact", "measured decode tok/s", "predicted", "measured prefill tok/s", "predicted"],
+                    speeds(m["rows"]))
     c = m["calibration"]
     lines += ["", f"Calibration ({c['source']}): decode {c.get('decode_fit', '')}; efficiency per tensor-type group "
               + ", ".join(f"{g} {e:.3f}" for g, e in c["decode_eff"].items())
-              + f"; {1e6 * c.get('seconds_per_layer', 0):.0f} µs per layer and token. Fitted rows (not scored):", "",
-              "| artifact | measured decode | fitted | measured prefill | fitted |", "|---|---|---|---|---|"]
-    for r in m["calibration_rows"]:
-        lines.append(f"| {r['artifact']} | {r['measured_decode_tps']:.1f} | {r['predicted_decode_tps']:.1f} | "
-                     f"{r['measured_prefill_tps']:.1f} | {r['predicted_prefill_tps']:.1f} |")
-    lines += ["", "Predictions for the pruned student at Q4_0 (ctx 512; PREDICTIONS, calibrated on this host):", "",
-              "| device | decode tok/s | prefill tok/s (512) | TTFT ms (128) | memory MB | fits |", "|---|---|---|---|---|---|"]
-    for name, p in m["predictions"].items():
-        lines.append(f"| {name} | {p['decode_tps']:.1f} | {p['prefill_tps_512']:.0f} | {p['ttft_ms']:.0f} | "
-                     f"{p['memory_mb']:.0f} | {p['fits']} |")
+              + f"; {1e6 * c.get('seconds_per_layer', 0):.0f} µs per layer and token. Fitted rows (not scored):", ""]
+    lines += _table(["artifact", "measured decode", "fitted", "measured prefill", "fitted"], speeds(m["calibration_rows"]))
+    lines += ["", "Predictions for the pruned student at Q4_0 (ctx 512; PREDICTIONS, calibrated on this host):", ""]
+    lines += _table(["device", "decode tok/s", "prefill tok/s (512)", "TTFT ms (128)", "memory MB", "fits"],
+                    [[name, f"{p['decode_tps']:.1f}", f"{p['prefill_tps_512']:.0f}", f"{p['ttft_ms']:.0f}",
+                      f"{p['memory_mb']:.0f}", p["fits"]] for name, p in m["predictions"].items()])
     return lines + [""]
 
 
@@ -101,17 +106,18 @@ def render_distill(doc: dict) -> list[str]:
 def render_onnx(doc: dict) -> list[str]:
     m = doc["metrics"]
     load = ", ".join(f"{a[0]:.2f}" for a in m["loadavg"])
+    p = m["protocol"]
     lines = [
         *_header(doc, "ONNX export next to GGUF", f"; 1-min load average at start, end: {load}."), "",
         "smollm2-135m-instruct. ONNX: `slimkit export onnx` (onnxruntime-genai model builder; int8 and int4 = "
-        "ONNX Runtime's MatMulNBits, block 32), each validated. GGUF: `slimkit export gguf`. "
-        "ppl: WikiText-2 validation, first 16 windows of 512 tokens, one protocol in ONNX Runtime, llama.cpp "
-        "and torch. decode: greedy, 128 tokens after a 32-token prompt, 2 threads (onnxruntime-genai, "
-        "llama-cpp-python, torch with KV cache), median of 3 interleaved rounds.", "",
-        "| format | precision | file MB | ppl | decode tokens/s |", "|---|---|---|---|---|",
+        f"ONNX Runtime's MatMulNBits, block {p['int_block_size']}), each validated. GGUF: `slimkit export gguf`. "
+        f"ppl: WikiText-2 validation, first {p['windows']} windows of {p['ctx']} tokens, one protocol in ONNX "
+        f"Runtime, llama.cpp and torch. decode: greedy, {p['decode_tokens']} tokens after a {p['prompt_tokens']}-token "
+        f"prompt, {p['threads']} threads (onnxruntime-genai, llama-cpp-python, torch with KV cache), median of "
+        f"{p['repeats']} interleaved rounds.", "",
     ]
-    lines += [f"| {r['format']} | {r['precision']} | {r['file_mb']} | {r['ppl']} | {r['decode_tokens_per_s']} |"
-              for r in m["rows"]]
+    lines += _table(["format", "precision", "file MB", "ppl", "decode tokens/s"],
+                    [[r["format"], r["precision"], r["file_mb"], r["ppl"], r["decode_tokens_per_s"]] for r in m["rows"]])
     return lines + [""]
 
 
@@ -122,12 +128,14 @@ def render_prune(doc: dict) -> list[str]:
         f"Source: `{m['source']}`, {m['dense_params']:,} {m['params_counted']} parameters; dense perplexity "
         f"`dense_ppl` = {m['dense_ppl']}. Perplexity right after pruning, no training: {m['ppl_protocol']}. "
         f"Calibration: {m['calibration']}. Shapes: {m['shape_protocol']}.", "",
-        "| removed | method | shape (layers/hidden/ffn/heads/kv) | params | ppl |", "|---|---|---|---|---|",
     ]
-    for r in m["rows"]:
-        s = r.get("shape", {})
-        dims = "/".join(str(s.get(k, "?")) for k in ("layers", "hidden", "ffn", "heads", "kv_heads"))
-        lines.append(f"| {r['removed_fraction']:.0%} | {r['method']} | {dims} | {r['params']:,} | {r['ppl']} |")
+
+    def dims(shape: dict) -> str:
+        return "/".join(str(shape.get(k, "?")) for k in ("layers", "hidden", "ffn", "heads", "kv_heads"))
+
+    lines += _table(["removed", "method", "shape (layers/hidden/ffn/heads/kv)", "params", "ppl"],
+                    [[f"{r['removed_fraction']:.0%}", r["method"], dims(r.get("shape", {})), f"{r['params']:,}", r["ppl"]]
+                     for r in m["rows"]])
     return lines + [""]
 
 
