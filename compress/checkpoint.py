@@ -25,6 +25,8 @@ from compress.errors import SlimkitError
 HISTORY_FILE = "slimkit.json"
 VOCAB_FILE = "gguf_vocab.json"
 HISTORY_FORMAT = 1
+WEIGHTS_GLOB = "model*.safetensors"  # save_pretrained's model.safetensors or its shards
+BLOCKS_FILE = "gguf_blocks.safetensors"  # a QAT checkpoint's trained GGUF blocks (compress.quant.qat)
 CACHE_VERSION = 2  # bump when the GGUF -> torch conversion changes, so stale conversions are ignored
 # HF model_type -> slimkit family (the GGUF exporter has one module per family).
 FAMILIES = {"llama": "llama", "gemma3_text": "gemma3"}
@@ -39,6 +41,7 @@ class Checkpoint:
     history: dict[str, Any] = field(default_factory=dict)
     gguf_vocab: Any = None  # compress.gguf_tokenizer.GGUFVocab or None
     path: Path | None = None  # HF directory the weights were read from
+    quant: Any = None  # compress.quant.qat.QuantizedWeights of a QAT checkpoint, else None
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.tokenizer))
@@ -92,15 +95,20 @@ def _check_dir(path: Path) -> dict[str, Any]:
     return config
 
 
-def _sidecars(path: Path) -> tuple[dict[str, Any], Any]:
-    """slimkit.json (history) and gguf_vocab.json of a directory, when present."""
+def _sidecars(path: Path) -> tuple[dict[str, Any], Any, Any]:
+    """slimkit.json (history), gguf_vocab.json and QAT blocks of a directory, when present."""
     history = json.loads((path / HISTORY_FILE).read_text()) if (path / HISTORY_FILE).is_file() else {}
     vocab = None
     if (path / VOCAB_FILE).is_file():
         from compress.gguf_tokenizer import GGUFVocab
 
         vocab = GGUFVocab.from_json(path / VOCAB_FILE)
-    return history, vocab
+    quant = None
+    if (path / BLOCKS_FILE).is_file():
+        from compress.quant.qat import QuantizedWeights
+
+        quant = QuantizedWeights.load(path)
+    return history, vocab, quant
 
 
 def _unreadable(path: Path, exc: Exception) -> SlimkitError:
@@ -120,9 +128,9 @@ def load_hf_dir(path: Path, *, trust_remote_code: bool = False) -> Checkpoint:
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise _unreadable(path, exc) from exc
     model.eval()
-    history, vocab = _sidecars(path)
+    history, vocab, quant = _sidecars(path)
     return Checkpoint(model, tokenizer, history or {"format": HISTORY_FORMAT, "source": str(path), "stages": []},
-                      vocab, path)
+                      vocab, path, quant)
 
 
 class StateDictModel:
@@ -142,16 +150,16 @@ def load_weights_only(source: str | os.PathLike) -> Checkpoint:
     gguf_vocab.json travels with the weights. Sources other than a single-file directory
     fall back to load()."""
     path = Path(source).expanduser()
-    if not path.is_dir() or len(list(path.glob("*.safetensors"))) != 1:
+    if not path.is_dir() or len(list(path.glob(WEIGHTS_GLOB))) != 1:
         return load(source)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     config_json = _check_dir(path)
-    history, vocab = _sidecars(path)
+    history, vocab, quant = _sidecars(path)
     config = _config(path, config_json, history)
     try:
-        tensors = load_file(next(path.glob("*.safetensors")))
+        tensors = load_file(next(path.glob(WEIGHTS_GLOB)))
     except (OSError, SafetensorError) as exc:
         raise _unreadable(path, exc) from exc
     tokenizer = None
@@ -159,7 +167,7 @@ def load_weights_only(source: str | os.PathLike) -> Checkpoint:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
-    return Checkpoint(StateDictModel(config, tensors), tokenizer, history, vocab, path)
+    return Checkpoint(StateDictModel(config, tensors), tokenizer, history, vocab, path, quant)
 
 
 def _config(path: Path, config_json: dict[str, Any], history: dict[str, Any]) -> Any:
@@ -246,7 +254,9 @@ def save(ckpt: Checkpoint, out_dir: str | os.PathLike, *, stage: dict[str, Any] 
         ckpt.tokenizer.save_pretrained(tmp)
         if ckpt.gguf_vocab is not None:
             ckpt.gguf_vocab.to_json(tmp / VOCAB_FILE)
-        weights = sorted(tmp.glob("*.safetensors"))
+        if ckpt.quant is not None:
+            ckpt.quant.save(tmp)
+        weights = sorted(tmp.glob(WEIGHTS_GLOB))
         history["weights_sha256"] = file_sha256(weights[0]) if len(weights) == 1 else None
         (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2, default=str))
         for f in tmp.iterdir():

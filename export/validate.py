@@ -22,9 +22,10 @@ from compress.evaluate import adds_bos, log_softmax, tokenize_plain, torch_logit
 # ~1e-3). Measured worst cases (SmolLM2-135M, tiny random llama/gemma3, 255 tokens):
 #   F32 2.2e-4 (ggml's GELU uses an F16 lookup table; llama: 2e-6)   F16 1.8e-3 (F16 activations
 #   in ggml's CPU F16 matmul)   BF16 1.4e-2   Q8_0 4.2e-2, Q4_0 4.7e-2 (ggml quantizes activations
-#   to Q8_0 blocks for these matmuls). An export bug (a wrong permutation, a shifted norm, a
-#   misplaced block) shows up as O(1) differences.
-STORED_TOLERANCE = {"F32": 1e-3, "F16": 1e-2, "BF16": 5e-2, "Q8_0": 1e-1, "Q4_0": 1e-1}
+#   to Q8_0 blocks for these matmuls; to Q8_1 for Q4_1/Q5_0/Q5_1, the same order of error). An export
+#   bug (a wrong permutation, a shifted norm, a misplaced block) shows up as O(1) differences.
+STORED_TOLERANCE = {"F32": 1e-3, "F16": 1e-2, "BF16": 5e-2, "Q8_0": 1e-1, "Q4_0": 1e-1, "Q4_1": 1e-1,
+                    "Q5_0": 1e-1, "Q5_1": 1e-1}
 MAX_TOKENS = 256
 
 # Validation text: prose, numbers, code-ish punctuation and non-ASCII, written for this check.
@@ -76,7 +77,7 @@ def stored_reference(ckpt, type_name: str):
     with torch.no_grad():
         for hf_name, p in model.named_parameters():
             qtype = gtypes.tensor_type(spec.gguf_name(hf_name), tuple(p.shape), etype)
-            if qtype.name in formats.LAYOUTS:
+            if qtype.name in formats.PACKED_TYPES:
                 p.copy_(formats.fake_quantize(p, qtype.name))
             elif qtype.name == "F16":
                 p.copy_(p.half().float())
@@ -86,8 +87,12 @@ def stored_reference(ckpt, type_name: str):
 
 
 def validate_gguf(path: str | os.PathLike, ckpt, type_name: str, text: str | None = None,
-                  max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
-    """Tokenizer identity + logits parity of a GGUF against `ckpt`; raises SlimkitError on failure."""
+                  max_tokens: int = MAX_TOKENS, weights_as_stored: bool = False) -> dict[str, Any]:
+    """Tokenizer identity + logits parity of a GGUF against `ckpt`; raises SlimkitError on failure.
+
+    weights_as_stored: ckpt's weights are already exactly the file's values (a QAT checkpoint
+    written with its trained blocks), so the exactness check compares against ckpt itself.
+    """
     from export.runtime import LlamaRunner
 
     text = text or VALIDATION_TEXT
@@ -110,11 +115,13 @@ def validate_gguf(path: str | os.PathLike, ckpt, type_name: str, text: str | Non
                               **compare_logits(ref, got)}
     if not np.isfinite(got).all():
         raise SlimkitError(f"validation failed: llama.cpp produced non-finite logits for {path}")
-    if type_name in STORED_TOLERANCE:  # every type export.gguf.types.NATIVE writes (tested)
+    # A QAT file of a K-quant plan (Q4_K_M) holds slimkit's own blocks too: quantized tolerance.
+    relative = STORED_TOLERANCE.get(type_name, STORED_TOLERANCE["Q4_0"] if weights_as_stored else None)
+    if relative is not None:  # every type export.gguf.types.NATIVE writes (tested), and QAT files
         # Exactness: llama.cpp against torch running the very values stored in the file.
-        stored = torch_logits_fn(stored_reference(ckpt, type_name))(tokens)
+        stored = ref if weights_as_stored else torch_logits_fn(stored_reference(ckpt, type_name))(tokens)
         report["stored"] = compare_logits(stored, got)
-        limit = STORED_TOLERANCE[type_name] * max(1.0, report["stored"]["max_abs_logit"])
+        limit = relative * max(1.0, report["stored"]["max_abs_logit"])
         report["tolerance"] = limit
         report["passed"] = report["stored"]["max_abs_diff"] <= limit
         if not report["passed"]:

@@ -24,12 +24,14 @@ def _cmd_export_gguf(args: argparse.Namespace) -> int:
     from export.gguf.writer import export_gguf
 
     res = export_gguf(args.source, args.output, args.type, validate=not args.no_validate)
-    print(f"wrote {res.path} ({res.type}, {res.file_mb:.1f} MB) in {res.seconds:.1f} s")
+    print(f"wrote {res.path} ({res.type}{', trained QAT blocks' if res.trained else ''}, {res.file_mb:.1f} MB) "
+          f"in {res.seconds:.1f} s")
     if res.validation:
         v = res.validation
         print(f"validated in llama.cpp on {v['n_tokens']} tokens: tokenizer identical, "
               f"max |dlogit| {v['max_abs_diff']:.3g}, top-1 agreement {v['top1_agreement']:.3f}, "
-              f"mean KL {v['mean_kl']:.3g}" + (f" (tolerance {v['tolerance']:.3g})" if "tolerance" in v else ""))
+              f"mean KL {v['mean_kl']:.3g}" + (f"; stored weights max |dlogit| {v['stored']['max_abs_diff']:.3g} "
+                                               f"(tolerance {v['tolerance']:.3g})" if "tolerance" in v else ""))
     return 0
 
 
@@ -87,7 +89,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_distill(args: argparse.Namespace) -> int:
+def _cmd_distill(args: argparse.Namespace, qat=None) -> int:
     from compress.distill.config import DistillConfig
     from compress.distill.teachers import make_specs
     from compress.distill.trainer import distill
@@ -101,7 +103,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
                         eval_every=args.eval_every, save_every=args.save_every, precision=args.precision,
                         seed=args.seed, logit_cache=str(args.logit_cache) if args.logit_cache else None,
                         top_k=args.top_k, data_free_tokens=args.data_free_tokens)
-    res = distill(args.student, specs, args.output, cfg, data=args.data, resume=args.resume)
+    res = distill(args.student, specs, args.output, cfg, data=args.data, resume=args.resume, qat=qat)
     if res.main_rank:
         final = res.evals[-1]
         print(f"wrote {res.out} after {res.steps} steps ({res.tokens} tokens, {res.tokens_per_s:.0f} tokens/s); "
@@ -109,6 +111,21 @@ def _cmd_distill(args: argparse.Namespace) -> int:
               + (f", KL to teacher {final['kl_to_teacher']:.4f}, top-1 agreement {final['top1_agreement']:.3f}"
                  if "kl_to_teacher" in final else ""))
     return 0
+
+
+def _cmd_qat(args: argparse.Namespace) -> int:
+    from compress.errors import SlimkitError
+    from compress.quant.plans import QATPlan
+
+    plan = QATPlan.parse_rules(args.plan, args.type_rule, args.learn_scales)
+    if args.no_teacher:
+        if args.teacher:
+            raise SlimkitError("--no-teacher and --teacher exclude each other")
+        if args.ce_weight <= 0 or not args.data:
+            raise SlimkitError("--no-teacher trains on the data alone: give --data FILE and --ce-weight 1")
+    elif not args.teacher:
+        args.teacher = [args.student]  # quantization-aware self-distillation from the full-precision source
+    return _cmd_distill(args, qat=plan)
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -190,7 +207,39 @@ def _print_table(rows: list[tuple]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def _add_training_args(s: argparse.ArgumentParser) -> None:
+    """The flags `slimkit distill` and `slimkit qat` share."""
+    s.add_argument("--teacher", action="append", default=[], help="teacher source (repeat for several)")
+    s.add_argument("--teacher-weight", type=float, nargs="+", default=None, help="one weight per teacher (default 1/n)")
+    s.add_argument("--teacher-quantize", choices=["nf4"], default=None, help="load teachers 4-bit NF4 (bitsandbytes)")
+    s.add_argument("-o", "--output", required=True, type=Path, help="output checkpoint directory")
+    s.add_argument("--data", type=Path, nargs="+", default=[], help="text (.gz), jsonl text or chat jsonl files; "
+                   "none = sample a corpus from the first teacher")
+    s.add_argument("--tokens", type=int, required=True, help="training budget in tokens")
+    s.add_argument("--loss", choices=["fkl", "rkl", "jsd", "tv"], default="fkl", help="logit loss (default fkl)")
+    s.add_argument("--beta", type=float, default=0.5, help="generalized JSD beta (default 0.5)")
+    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
+    s.add_argument("--feature-loss", choices=["mse", "cosine"], default="mse")
+    s.add_argument("--feature-weight", type=float, default=0.0, help="hidden-state loss weight (default 0)")
+    s.add_argument("--relation-weight", type=float, default=0.0, help="attention/value relation weight (default 0)")
+    s.add_argument("--layer-map", default="uniform", help="'uniform' or STUDENT:TEACHER pairs, e.g. 2:4,4:8")
+    s.add_argument("--ce-weight", type=float, default=0.0, help="cross-entropy on the data (alone without teachers)")
+    s.add_argument("--logit-cache", type=Path, default=None, help="offline teacher-logit cache directory")
+    s.add_argument("--top-k", type=int, default=64, help="logits kept per token in the cache (default 64)")
+    s.add_argument("--seq-len", type=int, default=512)
+    s.add_argument("--batch-size", type=int, default=8, help="windows per optimizer step over all ranks")
+    s.add_argument("--micro-batch", type=int, default=1, help="windows per forward pass on one rank")
+    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0 = at the end)")
+    s.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0 = never)")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-free-tokens", type=int, default=None, help="size of the sampled corpus without --data")
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT.state")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from compress.quant.plans import PRESETS
     from export.gguf.types import ALL_TYPES
 
     p = argparse.ArgumentParser(prog="slimkit", description="Compress small language models for devices.")
@@ -204,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = ex.add_parser("gguf", help="write GGUF for llama.cpp (validated in llama.cpp by default)")
     s.add_argument("source", help="HF directory, .gguf file or zoo name")
     s.add_argument("-o", "--output", required=True, type=Path, help="output .gguf file")
-    s.add_argument("--type", default="F16", metavar="TYPE", help=f"tensor type: {', '.join(ALL_TYPES)}")
+    s.add_argument("--type", default=None, metavar="TYPE", help=f"tensor type: {', '.join(ALL_TYPES)} (default: "
+                   "the blocks a `slimkit qat` checkpoint trained, else F16)")
     s.add_argument("--no-validate", action="store_true", help="skip the llama.cpp parity check")
     s.set_defaults(func=_cmd_export_gguf)
     s = ex.add_parser("onnx", help="write an ONNX decoder with KV cache + genai_config.json (validated in ONNX Runtime)")
@@ -254,34 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("distill", help="distil one or more teachers into a student (runs under torchrun too)")
     s.add_argument("student", help="HF directory, .gguf file or zoo name")
-    s.add_argument("--teacher", action="append", default=[], help="teacher source (repeat for several)")
-    s.add_argument("--teacher-weight", type=float, nargs="+", default=None, help="one weight per teacher (default 1/n)")
-    s.add_argument("--teacher-quantize", choices=["nf4"], default=None, help="load teachers 4-bit NF4 (bitsandbytes)")
-    s.add_argument("-o", "--output", required=True, type=Path, help="output checkpoint directory")
-    s.add_argument("--data", type=Path, nargs="+", default=[], help="text (.gz), jsonl text or chat jsonl files; "
-                   "none = sample a corpus from the first teacher")
-    s.add_argument("--tokens", type=int, required=True, help="training budget in tokens")
-    s.add_argument("--loss", choices=["fkl", "rkl", "jsd", "tv"], default="fkl", help="logit loss (default fkl)")
-    s.add_argument("--beta", type=float, default=0.5, help="generalized JSD beta (default 0.5)")
-    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
-    s.add_argument("--feature-loss", choices=["mse", "cosine"], default="mse")
-    s.add_argument("--feature-weight", type=float, default=0.0, help="hidden-state loss weight (default 0)")
-    s.add_argument("--relation-weight", type=float, default=0.0, help="attention/value relation weight (default 0)")
-    s.add_argument("--layer-map", default="uniform", help="'uniform' or STUDENT:TEACHER pairs, e.g. 2:4,4:8")
-    s.add_argument("--ce-weight", type=float, default=0.0, help="cross-entropy on the data (alone without teachers)")
-    s.add_argument("--logit-cache", type=Path, default=None, help="offline teacher-logit cache directory")
-    s.add_argument("--top-k", type=int, default=64, help="logits kept per token in the cache (default 64)")
-    s.add_argument("--seq-len", type=int, default=512)
-    s.add_argument("--batch-size", type=int, default=8, help="windows per optimizer step over all ranks")
-    s.add_argument("--micro-batch", type=int, default=1, help="windows per forward pass on one rank")
-    s.add_argument("--lr", type=float, default=1e-4)
-    s.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0 = at the end)")
-    s.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0 = never)")
-    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--data-free-tokens", type=int, default=None, help="size of the sampled corpus without --data")
-    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT.state")
+    _add_training_args(s)
     s.set_defaults(func=_cmd_distill)
+
+    s = sub.add_parser("qat", help="quantization-aware distillation into exact GGUF blocks (runs under torchrun too)")
+    s.add_argument("student", metavar="SOURCE", help="HF directory, .gguf file or zoo name")
+    s.add_argument("--plan", default="q4_0", choices=sorted(PRESETS), help="type mix (default q4_0: Q4_0, "
+                   "embedding/output Q8_0)")
+    s.add_argument("--type-rule", action="append", default=[], metavar="PATTERN=TYPE",
+                   help="override the plan for module names matching PATTERN (fnmatch), e.g. "
+                   "'model.layers.*.mlp.down_proj=Q8_0'; repeatable, first match wins")
+    s.add_argument("--learn-scales", action="store_true", help="train the block scales too (LSQ); exported exactly")
+    s.add_argument("--no-teacher", action="store_true", help="plain QAT on --data with cross-entropy (default "
+                   "teacher: SOURCE itself in full precision)")
+    _add_training_args(s)
+    s.set_defaults(func=_cmd_qat)
+
 
     s = sub.add_parser("prune", help="structured pruning (depth and width) to a parameter target or a shape")
     s.add_argument("source", help="HF directory, .gguf file or zoo name")

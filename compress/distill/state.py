@@ -5,6 +5,10 @@ position follows from the step: see trainer.window_order).
     <OUT>.state/checkpoints/step-000120/student/      HF directory + slimkit.json
     <OUT>.state/checkpoints/step-000120/trainer.pt    everything else (torch.save of plain types)
 
+A QAT student (fake-quant parametrizations, compress.quant.qat) is saved instead as its raw
+module state, student_qat.safetensors (latent weights and learned scales), and converted only at
+the end of training.
+
 A checkpoint directory is assembled under a temporary name and renamed into place, so a crash
 leaves the previous checkpoint intact and never a half-written one.
 """
@@ -23,8 +27,10 @@ import torch
 from compress.atomic import fsync_dir
 from compress.checkpoint import Checkpoint, load, save
 from compress.errors import SlimkitError
+from compress.quant.qat import is_prepared
 
 PREFIX = "step-"
+QAT_STUDENT = "student_qat.safetensors"
 
 
 def state_dir(out: Path) -> Path:
@@ -60,7 +66,15 @@ def save_checkpoint(state: Path, step: int, ckpt: Checkpoint, inner: Any, optimi
     final = root / f"{PREFIX}{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
-        save(Checkpoint(inner.student, ckpt.tokenizer, copy.deepcopy(ckpt.history), ckpt.gguf_vocab), tmp / "student")
+        if is_prepared(inner.student):  # fake-quant parametrizations: not a HF checkpoint until converted
+            from safetensors.torch import save_model
+
+            save_model(inner.student, str(tmp / QAT_STUDENT))
+            with open(tmp / QAT_STUDENT, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            save(Checkpoint(inner.student, ckpt.tokenizer, copy.deepcopy(ckpt.history), ckpt.gguf_vocab),
+                 tmp / "student")
         torch.save({"step": step, "projections": inner.projections.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state(), **extra}, tmp / "trainer.pt")
@@ -84,9 +98,14 @@ def restore_checkpoint(path: Path, inner: Any, optimizer: Any, scheduler: Any) -
         saved = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises many types for a truncated pickle
         raise SlimkitError(f"cannot read {path / 'trainer.pt'} ({exc}); delete {path} to resume from the one before") from None
-    weights = load(path / "student").model.state_dict()
-    device = next(inner.student.parameters()).device
-    inner.student.load_state_dict({k: v.to(device) for k, v in weights.items()})
+    if (path / QAT_STUDENT).is_file():
+        from safetensors.torch import load_model
+
+        load_model(inner.student, str(path / QAT_STUDENT), device=str(next(inner.student.parameters()).device))
+    else:
+        weights = load(path / "student").model.state_dict()
+        device = next(inner.student.parameters()).device
+        inner.student.load_state_dict({k: v.to(device) for k, v in weights.items()})
     inner.projections.load_state_dict(saved["projections"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

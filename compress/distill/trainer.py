@@ -32,6 +32,7 @@ from compress.distill.parallel import Dist
 from compress.distill.state import checkpoints, restore_checkpoint, save_checkpoint, state_dir
 from compress.distill.teachers import Teacher, TeacherSpec, load_teacher
 from compress.errors import SlimkitError
+from compress.quant.qat import QATPlan, convert_qat, prepare_qat
 
 Callback = Callable[[int, dict[str, Any]], None]
 
@@ -170,25 +171,32 @@ def evaluate(student: Any, teacher: Teacher | None, eval_cache: Any, heldout: to
 
 def distill(student_source: str | Path, teachers: Sequence[TeacherSpec], out: str | Path, cfg: DistillConfig,
             data: Sequence[str | Path] = (), resume: bool = False, progress: bool = True,
-            callback: Callback | None = None) -> DistillResult:
-    """Distil `teachers` into the student; write the result to OUT (a slimkit checkpoint)."""
+            callback: Callback | None = None, qat: QATPlan | None = None) -> DistillResult:
+    """Distil `teachers` into the student; write the result to OUT (a slimkit checkpoint).
+
+    With `qat` the student trains through fake-quantized GGUF blocks (quantization-aware
+    distillation) and OUT also holds the trained blocks the GGUF writer stores as they are.
+    """
     dist = Dist.from_env()
     try:
-        return _Run(student_source, teachers, Path(out), cfg, data, dist, progress).train(resume, callback)
+        return _Run(student_source, teachers, Path(out), cfg, data, dist, progress, qat).train(resume, callback)
     finally:
         dist.close()
 
 
 class _Run:
     def __init__(self, student_source: str | Path, specs: Sequence[TeacherSpec], out: Path, cfg: DistillConfig,
-                 data: Sequence[str | Path], dist: Dist, progress: bool) -> None:
-        self.cfg, self.dist, self.out, self.state = cfg, dist, out, state_dir(out)
+                 data: Sequence[str | Path], dist: Dist, progress: bool, qat: QATPlan | None = None) -> None:
+        self.cfg, self.dist, self.out, self.state, self.qat = cfg, dist, out, state_dir(out), qat
         self.progress = progress and dist.main
         self.accum = cfg.accumulation(dist.world)
         _seed_all(cfg.seed)
         self.ckpt: Checkpoint = load(student_source)
         self.ckpt.history = {**self.ckpt.history, "source": self.ckpt.history.get("source", str(student_source))}
+        self.ckpt.quant = None  # training changes the weights: blocks of an earlier QAT no longer apply
         student = self.ckpt.model.to(dist.device).train()
+        if qat is not None:
+            prepare_qat(student, qat)
         for p in student.parameters():
             p.requires_grad_(True)
         self.autocast = _autocast(cfg, dist.device)
@@ -221,7 +229,7 @@ class _Run:
         if not (resume and found):
             return 0
         saved = restore_checkpoint(found[-1], self.inner, self.optimizer, self.scheduler)
-        mine = {k: v for k, v in self.cfg.to_dict().items() if k not in DistillConfig.RESUME_FREE}
+        mine = {k: v for k, v in self._config().items() if k not in DistillConfig.RESUME_FREE}
         theirs = {k: v for k, v in saved["config"].items() if k not in DistillConfig.RESUME_FREE}
         if mine != theirs or saved["data_sha256"] != _sha(self.train_windows):
             diff = sorted(k for k in mine if mine[k] != theirs.get(k)) or ["training data"]
@@ -240,7 +248,7 @@ class _Run:
         for micro in range(self.accum):
             ids, cached = self._micro_batch(step, micro)
             sync = micro == self.accum - 1 or self.dist.world == 1
-            with contextlib.nullcontext() if sync else self.module.no_sync():
+            with contextlib.nullcontext() if sync else self.module.no_sync(), self._fake_quant_once():
                 lp = compute_loss(self.module, self.teachers, ids, cached, self.cfg.ce_weight,
                                   self.cfg.relation_layer, self.autocast)
                 (lp.total / self.accum).backward()
@@ -263,12 +271,14 @@ class _Run:
 
     def _evaluate(self) -> dict[str, float]:
         teacher = self.teachers[0] if self.teachers else None
-        return evaluate(self.inner.student, teacher, self.eval_cache, self.heldout, self.cfg, self.dist, self.autocast)
+        with self._fake_quant_once():  # the weights do not change during an evaluation
+            return evaluate(self.inner.student, teacher, self.eval_cache, self.heldout, self.cfg, self.dist,
+                            self.autocast)
 
     def _save(self, step: int) -> None:
         if self.dist.main:
             save_checkpoint(self.state, step, self.ckpt, self.inner, self.optimizer, self.scheduler,
-                            {"config": self.cfg.to_dict(), "data_sha256": _sha(self.train_windows)},
+                            {"config": self._config(), "data_sha256": _sha(self.train_windows)},
                             self.cfg.keep_checkpoints)
         self.dist.barrier()
 
@@ -309,14 +319,37 @@ class _Run:
         self.dist.barrier()
         return DistillResult(self.out, steps, steps * cfg.tokens_per_step, tok_s, evals, self.dist.main)
 
+    def _fake_quant_once(self) -> Any:
+        """QAT: fake-quantize each weight once per forward pass, not once per use (a tied
+        embedding/output matrix is used twice); the backward pass goes through the same values."""
+        if self.qat is None:
+            return contextlib.nullcontext()
+        from torch.nn.utils import parametrize
+
+        return parametrize.cached()
+
+    def _config(self) -> dict[str, Any]:
+        """What an interrupted run must match to be resumed: the training config and the QAT plan."""
+        return {**self.cfg.to_dict(), **({"qat": self.qat.to_dict()} if self.qat else {})}
+
     def _write_output(self, final: dict[str, Any], tok_s: float) -> None:
-        stage = {"stage": "distill",
-                 "config": {**self.cfg.to_dict(), "teachers": [t.spec.to_dict() for t in self.teachers],
+        stage = {"stage": "qat" if self.qat else "distill",
+                 "config": {**self._config(), "teachers": [t.spec.to_dict() for t in self.teachers],
                             "data": self.corpus_source, "world_size": self.dist.world},
                  "metrics": {**final, "tokens_per_s": tok_s}}
+        if self.qat is not None:
+            self.ckpt.quant = convert_qat(self.inner.student)
+            stage["config"]["tensor_types"] = _type_counts(self.ckpt.quant.types)
         save(self.ckpt, self.out, stage=stage)
         if self.log_path.is_file():
             (self.out / "train_log.jsonl").write_bytes(self.log_path.read_bytes())
+
+
+def _type_counts(types: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in types.values():
+        counts[t] = counts.get(t, 0) + 1
+    return counts
 
 
 def _sha(windows: torch.Tensor) -> str:

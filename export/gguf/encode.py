@@ -18,6 +18,6 @@ def encode(tensor: torch.Tensor, qtype: Q) -> tuple[np.ndarray, Q | None]:
         # numpy has no bfloat16: hand the writer raw bytes, (rows, cols * 2) uint8
         raw = t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint8)
         return raw, Q.BF16
-    if qtype.name in formats.LAYOUTS:  # the block types compress.quant.formats packs
+    if qtype.name in formats.PACKED_TYPES:  # the block types compress.quant.formats packs
         return formats.quantize(t, qtype.name).numpy(), qtype
     raise ValueError(f"slimkit does not pack {qtype.name} itself")

@@ -22,16 +22,20 @@ NATIVE: dict[str, tuple[FT, Q]] = {
     "BF16": (FT.MOSTLY_BF16, Q.BF16),
     "Q8_0": (FT.MOSTLY_Q8_0, Q.Q8_0),
     "Q4_0": (FT.MOSTLY_Q4_0, Q.Q4_0),
+    "Q4_1": (FT.MOSTLY_Q4_1, Q.Q4_1),
+    "Q5_0": (FT.MOSTLY_Q5_0, Q.Q5_0),
+    "Q5_1": (FT.MOSTLY_Q5_1, Q.Q5_1),
 }
 # llama.cpp's quantizer; IQ1/IQ2/IQ3 types need an importance matrix and are left out.
 LLAMA_CPP: dict[str, FT] = {name: FT[f"MOSTLY_{name}"] for name in (
-    "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
+    "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
     "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0")}
 ALL_TYPES = tuple(NATIVE) + tuple(LLAMA_CPP)
 FLOAT_TYPES = ("F32", "F16", "BF16")
-# In a Q4_0 file the embedding/output matrix stays 8-bit (llama.cpp's own Q4_0 mix keeps the
-# output at Q6_K; Q8_0 is the closest type slimkit packs itself).
-Q4_0_KEEP_8BIT = ("token_embd.weight", "output.weight")
+# In a 4/5-bit file the embedding/output matrix stays 8-bit (llama.cpp's own Q4_0..Q5_1 mixes keep
+# the output at Q6_K; Q8_0 is the closest legacy type slimkit packs itself).
+LOW_BIT = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1)
+KEEP_8BIT = ("token_embd.weight", "output.weight")
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,16 @@ def tensor_type(gguf_name: str, shape: tuple[int, ...], etype: ExportType) -> Q:
     if not etype.native:
         return Q.F32  # intermediate for llama.cpp's quantizer
     want = NATIVE[etype.name][1]
-    if want is Q.Q4_0 and gguf_name in Q4_0_KEEP_8BIT:
+    if want in LOW_BIT and gguf_name in KEEP_8BIT:
         want = Q.Q8_0
-    if want.name in formats.LAYOUTS and not formats.can_quantize(shape, want.name):
+    if want.name in formats.PACKED_TYPES and not formats.can_quantize(shape, want.name):
         return Q.F16  # rows not a whole number of 32-blocks: the converter's fallback
     return want
+
+
+def file_type_of(plan: dict) -> str:
+    """The --type name a QAT plan's file is labelled with (general.file_type): its bulk type."""
+    from compress.quant.qat import QATPlan
+
+    main = QATPlan.from_dict(plan).main_type
+    return {"Q4_K": "Q4_K_M"}.get(main, main)

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+import torch
 
 from compress.atomic import atomic_write
 from compress.checkpoint import Checkpoint, load, load_weights_only
 from compress.errors import SlimkitError
+from compress.quant import formats
 from export.gguf import arch as arch_registry
 from export.gguf import types as gtypes
 from export.gguf.encode import encode
@@ -34,6 +36,7 @@ class ExportResult:
     file_mb: float
     validation: dict[str, Any] | None = None
     tensor_types: dict[str, int] = field(default_factory=dict)
+    trained: bool = False  # written with a QAT checkpoint's trained blocks
 
 
 def _vocab(ckpt: Checkpoint):
@@ -54,17 +57,38 @@ def _add_general(w: gguf.GGUFWriter, ckpt: Checkpoint, etype: gtypes.ExportType)
     w.add_string("general.slimkit.history", json.dumps(ckpt.history or {}, default=str, sort_keys=True))
 
 
-def write_native(ckpt: Checkpoint, path: Path, etype: gtypes.ExportType) -> dict[str, int]:
-    """Write the checkpoint at `etype` (F32/F16/BF16/Q8_0/Q4_0, or F32 for llama.cpp types)."""
+def _trained(spec: Any, hf_name: str, tensor: torch.Tensor, quant: Any) -> tuple[gtypes.Q, Any, Any]:
+    """A QAT weight as it was trained: its packed blocks (through the family's row transform,
+    which moves whole rows and so whole blocks), checked to dequantize to the weight exactly."""
+    qtype = gtypes.Q[quant.types[hf_name]]
+    if qtype.name not in formats.PACKED_TYPES:
+        if qtype is gtypes.Q.F16 and not torch.equal(tensor, tensor.half().float()):
+            raise SlimkitError(f"{hf_name} was trained as F16 but its weights are not fp16 values; the checkpoint "
+                               "changed after QAT: export it with an explicit --type")
+        return (qtype, *encode(tensor, qtype))
+    blocks = spec.transform(hf_name, quant.blocks[hf_name])
+    if not torch.equal(formats.dequantize(blocks, qtype.name, tuple(tensor.shape)), tensor):
+        raise SlimkitError(f"{hf_name}: the weights no longer match their trained {qtype.name} blocks (the checkpoint "
+                           "changed after QAT); export it with an explicit --type to requantize")
+    return qtype, blocks.numpy(), qtype
+
+
+def write_native(ckpt: Checkpoint, path: Path, etype: gtypes.ExportType, trained: bool = False) -> dict[str, int]:
+    """Write the checkpoint at `etype` (a type slimkit packs, or F32 for llama.cpp's quantizer);
+    `trained`: a QAT checkpoint's weights go in with the types and blocks they trained in."""
     spec = arch_registry.get(ckpt.model.config)
     w = gguf.GGUFWriter(path, spec.arch_name)
     _add_general(w, ckpt, etype)
     spec.parameters(w)
     add_vocab(w, _vocab(ckpt))
     counts: dict[str, int] = {}
-    for name, tensor in spec.tensors(ckpt.model.state_dict()):
-        qtype = gtypes.tensor_type(name, tuple(tensor.shape), etype)
-        data, raw_dtype = encode(tensor, qtype)
+    quant = ckpt.quant if trained else None
+    for hf_name, name, tensor in spec.tensors(ckpt.model.state_dict()):
+        if quant is not None and hf_name in quant.types:
+            qtype, data, raw_dtype = _trained(spec, hf_name, tensor, quant)
+        else:
+            qtype = gtypes.tensor_type(name, tuple(tensor.shape), etype)
+            data, raw_dtype = encode(tensor, qtype)
         w.add_tensor(name, data, raw_dtype=raw_dtype)
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
     try:
@@ -81,10 +105,15 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, type: str = "F16", *,
+def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, type: str | None = None, *,
                 validate: bool = True, validation_text: str | None = None) -> ExportResult:
-    """Export SOURCE (checkpoint object, HF dir, .gguf or zoo name) to OUT at TYPE."""
-    etype = gtypes.parse(type)
+    """Export SOURCE (checkpoint object, HF dir, .gguf or zoo name) to OUT at TYPE.
+
+    TYPE None: a QAT checkpoint is written with the blocks it trained (the file reproduces its
+    forward pass), anything else at F16. An explicit TYPE requantizes from the weights.
+    """
+    if type is not None:
+        gtypes.parse(type)  # an unknown type fails before loading anything
     out = Path(out)
     if out.is_dir():
         raise SlimkitError(f"{out} is a directory; give the output file name, e.g. {out}/model.gguf")
@@ -97,14 +126,16 @@ def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, 
     else:
         ckpt = load(source) if validate else load_weights_only(source)
     arch_registry.get(ckpt.model.config)  # unsupported architecture: fail before writing anything
+    trained = type is None and ckpt.quant is not None
+    etype = gtypes.parse(gtypes.file_type_of(ckpt.quant.plan) if trained else (type or "F16"))
     start = time.perf_counter()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     intermediate = tmp.with_suffix(".f32.partial")
     try:
-        if etype.native:
-            counts = write_native(ckpt, tmp, etype)
+        if etype.native or trained:
+            counts = write_native(ckpt, tmp, etype, trained)
         else:
             from export.gguf.quantize import llama_quantize
 
@@ -117,7 +148,7 @@ def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, 
         if validate:
             from export.validate import validate_gguf
 
-            report = validate_gguf(tmp, ckpt, etype.name, text=validation_text)
+            report = validate_gguf(tmp, ckpt, etype.name, text=validation_text, weights_as_stored=trained)
             report_path = out.with_name(out.name + ".validation.json")
             atomic_write(report_path, json.dumps(report, indent=2).encode())
         os.replace(tmp, out)
@@ -126,4 +157,4 @@ def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, 
         raise
     finally:
         intermediate.unlink(missing_ok=True)
-    return ExportResult(out, etype.name, seconds, out.stat().st_size / 1e6, report, counts)
+    return ExportResult(out, etype.name, seconds, out.stat().st_size / 1e6, report, counts, trained)

@@ -15,10 +15,10 @@ from export.gguf.writer import export_gguf  # noqa: E402
 
 # llama.cpp vs torch running the stored (fake-quantized) weights: top-1 agreement. Only ggml's
 # Q8_0 activation rounding separates them, so most argmaxes agree even on flat random logits.
-MIN_STORED_TOP1 = {"F32": 0.99, "F16": 0.99, "Q8_0": 0.9, "Q4_0": 0.9}
+MIN_STORED_TOP1 = {"F32": 0.99, "F16": 0.99, "Q8_0": 0.9, "Q4_0": 0.9, "Q4_1": 0.9, "Q5_0": 0.9, "Q5_1": 0.9}
 
 
-@pytest.mark.parametrize("gtype", ["F32", "F16", "Q8_0", "Q4_0"])
+@pytest.mark.parametrize("gtype", list(MIN_STORED_TOP1))
 def test_roundtrip_parity(tiny_ckpt, tmp_path, gtype):
     out = tmp_path / f"tiny.{gtype}.gguf"
     res = export_gguf(tiny_ckpt, out, gtype)  # validate=True: raises if float types exceed tolerance
@@ -33,8 +33,7 @@ def test_roundtrip_parity(tiny_ckpt, tmp_path, gtype):
     r = gguf.GGUFReader(out)
     types = {t.name: t.tensor_type.name for t in r.tensors}
     assert all(types[n] == "F32" for n in types if n.endswith("_norm.weight"))
-    expected_main = {"F32": "F32", "F16": "F16", "Q8_0": "Q8_0", "Q4_0": "Q4_0"}[gtype]
-    assert types["blk.0.ffn_down.weight"] == expected_main
+    assert types["blk.0.ffn_down.weight"] == gtype
     assert "output.weight" not in types  # tied embeddings are not duplicated
     assert not list(tmp_path.glob(".*partial*"))
 
@@ -52,10 +51,10 @@ def test_q8_0_blocks_are_formats_bytes(tmp_path):
     np.testing.assert_array_equal(np.asarray(t.data), gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0))
 
 
-@pytest.mark.parametrize("gtype", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("gtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 def test_blocks_identical_to_llama_quantize(tmp_path, gtype):
-    """slimkit's Q8_0/Q4_0 files hold exactly the bytes llama.cpp's own quantizer writes from
-    the same F32 file (its Q4_0 mix falls back to Q8_0 for the 64-wide embedding, like ours)."""
+    """slimkit's files hold exactly the bytes llama.cpp's own quantizer writes from the same F32
+    file (its 4/5-bit mixes fall back to Q8_0 for the 64-wide embedding, like ours)."""
     from conftest import tiny_llama
 
     from export.gguf.quantize import llama_quantize
@@ -94,10 +93,10 @@ def test_llama_cpp_types_via_quantizer(tmp_path):
     from conftest import tiny_llama
 
     out = tmp_path / "q.gguf"
-    res = export_gguf(tiny_llama(seed=2), out, "Q5_0")
+    res = export_gguf(tiny_llama(seed=2), out, "Q5_K_M")
     assert res.validation["top1_agreement"] >= 0.6
     r = gguf.GGUFReader(out)
-    assert gguf.LlamaFileType(r.fields["general.file_type"].contents()) == gtypes.parse("Q5_0").file_type
+    assert gguf.LlamaFileType(r.fields["general.file_type"].contents()) == gtypes.parse("Q5_K_M").file_type
 
 
 def test_every_registered_architecture_has_a_roundtrip_test():

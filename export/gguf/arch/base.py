@@ -92,11 +92,12 @@ class ArchSpec:
         """Per-family rewrite of one tensor's values (identity by default)."""
         return tensor
 
-    def tensors(self, state_dict: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors(self, state_dict: dict[str, torch.Tensor]) -> Iterator[tuple[str, str, torch.Tensor]]:
+        """(HF name, GGUF name, transformed float32 tensor) of every tensor the file stores."""
         tied = bool(getattr(self.config, "tie_word_embeddings", False))
         for hf_name, tensor in state_dict.items():
             if tied and hf_name == "lm_head.weight":
                 continue  # llama.cpp reuses token_embd when output.weight is absent
             if hf_name.endswith("rotary_emb.inv_freq"):
                 continue
-            yield self.gguf_name(hf_name), self.transform(hf_name, tensor.detach().to(torch.float32))
+            yield hf_name, self.gguf_name(hf_name), self.transform(hf_name, tensor.detach().to(torch.float32))

@@ -1,0 +1,84 @@
+"""QAT type plans: which GGUF type each weight trains (and is exported) in. Pure data and
+validation, no torch: the CLI builds its options from PRESETS without importing the trainer."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from compress.errors import SlimkitError
+
+FLOAT = ("F32", "F16")  # F32: untouched; F16: trained through fp16 rounding
+LEARNABLE = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")  # formats.BlockType; the K-quants have only the reference path
+TYPES = FLOAT + LEARNABLE + ("Q4_K", "Q6_K")  # = FLOAT + formats.PACKED_TYPES (tested)
+# llama_tensor_get_type's fallback for rows that are not whole 256-blocks (llama-quant.cpp)
+K_FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
+# Type mixes by name pattern (fnmatch over module names, first match wins), like llama.cpp's:
+# the embedding / output matrix stays 8-bit (llama.cpp's own Q4_0 mix keeps it at Q6_K).
+PRESETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "q8_0": (("*", "Q8_0"),),
+    **{name.lower(): (("*embed_tokens", "Q8_0"), ("lm_head", "Q8_0"), ("*", name))
+       for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1")},
+    "q4_0-pure": (("*", "Q4_0"),),
+    "q4_k": (("*embed_tokens", "Q6_K"), ("lm_head", "Q6_K"), ("*", "Q4_K")),
+}
+
+
+@dataclass(frozen=True)
+class QATPlan:
+    """Which GGUF type each weight trains (and is exported) in.
+
+    `rules` ("pattern=TYPE" pairs over module names, e.g. ("model.layers.*.mlp.down_proj", "Q8_0"))
+    are tried before the preset's. A weight whose rows are not a whole number of blocks falls back
+    to F16, as the GGUF writer does.
+    """
+
+    preset: str = "q4_0"
+    rules: tuple[tuple[str, str], ...] = ()
+    learn_scales: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise SlimkitError(f"unknown QAT plan {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        for pattern, qtype in self.rules:
+            if qtype not in TYPES:
+                raise SlimkitError(f"rule {pattern}={qtype}: unknown type; choose one of {', '.join(TYPES)}")
+        if self.learn_scales and any(t not in LEARNABLE + FLOAT for _, t in self.all_rules):
+            raise SlimkitError(f"--learn-scales works with {', '.join(LEARNABLE)}; the K-quants train with "
+                               "llama.cpp's reference scales only")
+
+    @property
+    def all_rules(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self.rules) + PRESETS[self.preset]
+
+    @property
+    def main_type(self) -> str:
+        """The type of the bulk of the weights (the GGUF file type)."""
+        return PRESETS[self.preset][-1][1]
+
+    def type_for(self, module_name: str, weight_shape: tuple[int, ...]) -> str:
+        from compress.quant import formats
+
+        qtype = next((t for p, t in self.all_rules if fnmatch.fnmatchcase(module_name, p)), "F32")
+        if qtype in K_FALLBACK and not formats.can_quantize(weight_shape, qtype):
+            qtype = K_FALLBACK[qtype]  # rows not a multiple of 256: llama.cpp's own fallback
+        if qtype in formats.PACKED_TYPES and not formats.can_quantize(weight_shape, qtype):
+            return "F16"
+        return qtype
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rules": [list(r) for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QATPlan":
+        return cls(d.get("preset", "q4_0"), tuple(tuple(r) for r in d.get("rules", ())), bool(d.get("learn_scales")))
+
+    @classmethod
+    def parse_rules(cls, preset: str, rules: list[str], learn_scales: bool = False) -> "QATPlan":
+        pairs = []
+        for rule in rules:
+            pattern, sep, qtype = rule.rpartition("=")
+            if not sep or not pattern:
+                raise SlimkitError(f"--type-rule {rule!r}: expected PATTERN=TYPE, e.g. 'model.layers.*.mlp.down_proj=Q8_0'")
+            pairs.append((pattern, qtype.upper()))
+        return cls(preset.lower(), tuple(pairs), learn_scales)
