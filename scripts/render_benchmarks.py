@@ -139,7 +139,27 @@ def render_prune(doc: dict) -> list[str]:
     return lines + [""]
 
 
-RENDERERS = {"export": render_export, "prune": render_prune, "devices": render_devices, "distill": render_distill, "onnx": render_onnx}
+def render_qad(doc: dict) -> list[str]:
+    m = doc["metrics"]
+    p, t, v = m["protocol"], m["training"], m["qad_export_validation"]
+    rows = [["F16 (`ppl_fp`)", m["ppl_fp"], m["file_mb"]["fp"]],
+            ["post-training Q4_0 (`ppl_ptq_q4_0`)", m["ppl_ptq_q4_0"], m["file_mb"]["ptq_q4_0"]],
+            ["post-training Q4_K_M, llama.cpp (`ppl_ptq_q4_k_m`)", m["ppl_ptq_q4_k_m"], m["file_mb"]["ptq_q4_k_m"]],
+            ["QAD Q4_0, trained blocks (`ppl_qad_q4_0`)", m["ppl_qad_q4_0"], m["file_mb"]["qad_q4_0"]]]
+    return [
+        *_header(doc, "Quantization-aware distillation to Q4_0"), "",
+        f"Model `{m['model']}`, teacher {p['teacher']}; trained on {', '.join(p['train_text'])} for "
+        f"`tokens` = {m['tokens']} ({t['seconds']} s of training); perplexity in {p['runtime']} on `{p['eval_text']}`, "
+        f"{p['windows']} windows of {p['ctx']}.  ",
+        f"Training: `{t['command']}`.", "",
+        *_table(["file", "ppl", "file MB"], rows), "",
+        f"`recovery` = (ppl_ptq_q4_0 − ppl_qad_q4_0) / (ppl_ptq_q4_0 − ppl_fp) = **{m['recovery']}** (target ≥ 0.8).  ",
+        f"Export validation of the QAD file in llama.cpp against the fake-quant torch model: max |dlogit| "
+        f"{v['max_abs_diff']:.4g} (tolerance {v['tolerance']:.4g}), top-1 agreement {v['top1_agreement']:.3f}.", ""]
+
+
+RENDERERS = {"export": render_export, "prune": render_prune, "devices": render_devices, "distill": render_distill,
+             "onnx": render_onnx, "qad": render_qad}
 
 
 def main() -> None:
