@@ -111,8 +111,10 @@ def _roundf(x: torch.Tensor) -> torch.Tensor:
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
-    # `const float id = d ? 1.0f/d : 0.0f;`
-    return torch.where(d == 0, torch.zeros_like(d), 1.0 / torch.where(d == 0, torch.ones_like(d), d))
+    # `const float id = d ? 1.0f/d : 0.0f;` (torch.div with a tensor numerator is IEEE division;
+    # `1.0 / t` runs as t.reciprocal(), see compress/quant/kquants.py)
+    one = torch.ones_like(d)
+    return torch.where(d == 0, torch.zeros_like(d), torch.div(one, torch.where(d == 0, one, d)))
 
 
 class _Exact(torch.autograd.Function):

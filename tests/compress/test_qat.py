@@ -22,7 +22,7 @@ LEGACY = [t.value for t in formats.BlockType]
 def _w(rows: int = 8, cols: int = 64, seed: int = 0) -> torch.Tensor:
     w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.05
     w[0, 3] = 0.9  # an outlier block
-    w[1, :32] = 0.0  # an all-zero block
+    w[1, :256] = 0.0  # an all-zero block (and K-quant super-block)
     return w
 
 
@@ -30,9 +30,9 @@ def test_plan_types_are_exactly_what_formats_packs():
     assert set(TYPES) == {"F32", "F16", *formats.PACKED_TYPES}
 
 
-@pytest.mark.parametrize("qtype", LEGACY + ["F16"])
+@pytest.mark.parametrize("qtype", LEGACY + ["F16", "Q4_K", "Q6_K"])
 def test_fake_quant_forward_is_dequantize_of_quantize(qtype):
-    w = _w().requires_grad_(True)
+    w = _w(cols=512).requires_grad_(True)
     y = FakeQuant(qtype)(w)
     if qtype == "F16":
         assert torch.equal(y, w.detach().half().float())
@@ -236,3 +236,37 @@ def test_cli_qat_bad_input_is_one_line_exit_2(tiny_student, tmp_path):
         assert proc.returncode == 2, (extra, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not (tmp_path / "o").exists()
+
+
+def test_k_quant_plan_exports_its_blocks_to_llama_cpp(tmp_path):
+    """q4_k on a llama whose widths are whole 256-blocks: Q4_K bulk, Q6_K embedding/output,
+    written as trained and run by llama.cpp within the stated tolerance of the torch model."""
+    pytest.importorskip("llama_cpp")
+    import gguf
+    from conftest import tiny_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from compress.checkpoint import Checkpoint
+    from export.gguf.writer import export_gguf
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    prepare_qat(model, QATPlan("q4_k"))
+    quant = convert_qat(model)
+    assert quant.types["model.layers.0.mlp.down_proj.weight"] == "Q4_K"
+    assert quant.types["model.embed_tokens.weight"] == "Q6_K"
+    ckpt = Checkpoint(model, tok, {"format": 1, "source": "tiny-k", "stages": []}, quant=quant)
+    res = export_gguf(ckpt, tmp_path / "k.gguf")
+    assert res.trained and res.type == "Q4_K_M"
+    v = res.validation
+    assert v["passed"] and v["stored"]["max_abs_diff"] <= v["tolerance"] and v["stored"]["top1_agreement"] >= 0.9
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "k.gguf").tensors}
+    assert types["blk.0.ffn_down.weight"] == "Q4_K" and types["token_embd.weight"] == "Q6_K"
