@@ -18,8 +18,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The default recipe (slimkit/recipes/default.yaml); --resume continues or skips what an earlier
+# `make run` finished. Scale it up with SET="--set distill.tokens=400000".
 run: $(STAMP)
-	$(BIN)/slimkit demo -o $(RUN_DIR)
+	$(BIN)/slimkit run -o $(RUN_DIR) --resume $(SET)
 
 # The ssh / adb transport tests run a real OpenSSH server and the real adb client (Debian packages).
 # As root with apt-get (our machines, CI) they are installed when missing; elsewhere those tests skip.
@@ -43,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_distill.py
 	$(BIN)/python scripts/bench_onnx.py
 	$(BIN)/python scripts/bench_qad.py
+	$(BIN)/python scripts/bench_default_run.py
 	$(BIN)/python scripts/render_benchmarks.py
 
 clean:

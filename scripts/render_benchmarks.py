@@ -158,8 +158,24 @@ def render_qad(doc: dict) -> list[str]:
         f"{v['max_abs_diff']:.4g} (tolerance {v['tolerance']:.4g}), top-1 agreement {v['top1_agreement']:.3f}.", ""]
 
 
+def render_default_run(doc: dict) -> list[str]:
+    m = doc["metrics"]
+    p = m["protocol"]
+    rows = [["student (QAD Q4_0 GGUF)", m["student_params"], m["student_file_mb"], m["student_ppl"],
+             m["student_decode_tps"]],
+            ["teacher (Q4_K_M GGUF)", m["teacher_params"], m["teacher_file_mb"], m["teacher_ppl"],
+             m["teacher_decode_tps"]]]
+    return [
+        *_header(doc, "The default run (`make run`)"), "",
+        f"Recipe `{Path(m['recipe']).name}`; perplexity in llama.cpp on `{Path(str(p['eval'])).name}`, {p['windows']} "
+        f"windows of {p['ctx']}; decode: {p['decode']}. Wall **{m['wall_seconds']} s**; `speedup` (student / teacher "
+        f"decode) **{m['speedup']}**; the student's ONNX int4 export: ppl {m['student_onnx_ppl']}.", "",
+        *_table(["model", "params", "file MB", "ppl", "decode tok/s"], rows), "",
+        *_table(["stage", "seconds"], [[k, v] for k, v in m["stage_seconds"].items()]), ""]
+
+
 RENDERERS = {"export": render_export, "prune": render_prune, "devices": render_devices, "distill": render_distill,
-             "onnx": render_onnx, "qad": render_qad}
+             "onnx": render_onnx, "qad": render_qad, "default_run": render_default_run}
 
 
 def main() -> None:

@@ -60,12 +60,6 @@ def _cmd_package_ollama(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from slimkit.demo import run_demo
-
-    return run_demo(args.output, source=args.source, text=args.text, max_chunks=args.max_chunks)
-
-
 def _cmd_devices(args: argparse.Namespace) -> int:
     from devices.profile import device_rows
 
@@ -126,6 +120,18 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     elif not args.teacher:
         args.teacher = [args.student]  # quantization-aware self-distillation from the full-precision source
     return _cmd_distill(args, qat=plan)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from slimkit.pipeline import load_recipe, run
+    from slimkit.report import write_report
+
+    recipe = load_recipe(args.recipe, args.set)
+    run(recipe, args.output, resume=args.resume)
+    md, page = write_report(args.output)
+    print(md.read_text())
+    print(f"report: {md} and {page}")
+    return 0
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -197,6 +203,23 @@ def _check_writable(out: Path) -> None:
         raise SlimkitError(f"{out} exists and is not a directory: choose another -o")
     if not os.access(parent, os.W_OK):
         raise SlimkitError(f"cannot write under {parent}: choose another -o")
+
+
+def _cmd_rationale_generate(args: argparse.Namespace) -> int:
+    from compress.rationale.generate import generate_for_task
+
+    data, rep = generate_for_task(
+        args.task, args.teacher, args.output, split=args.split, limit=args.limit, model=args.model, name=args.name,
+        k_shot=args.k_shot, concurrency=args.concurrency, max_tokens=args.max_tokens, temperature=args.temperature,
+        seed=args.seed, template=args.template, timeout=args.timeout, retries=args.retries,
+        api_key_env=args.api_key_env, example_teacher=args.examples_teacher, chat=False if args.completion else None)
+    if data.problems:
+        print(f"{len(data.problems)} task records have problems (first: {data.problems[0]})", file=sys.stderr)
+    c = rep.counts()
+    print(f"wrote {rep.out}: {c['generated']} generated, {c['skipped_cached']} already there, "
+          f"{c['inconsistent']} inconsistent with the gold answer, {c['failed']} failed, {c['empty']} without "
+          "an explanation" + (" (rerun to retry them)" if rep.failed or rep.empty else ""))
+    return 0
 
 
 def _print_table(rows: list[tuple]) -> None:
@@ -321,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_qat)
 
 
+    s = sub.add_parser("run", help="run a recipe (default: the embedded default.yaml) into a run directory with a report")
+    s.add_argument("recipe", nargs="?", default=None, help="recipe YAML file or embedded recipe name (default: default)")
+    s.add_argument("-o", "--output", type=Path, default=Path("runs/default"), help="run directory (default runs/default)")
+    s.add_argument("--set", action="append", default=[], metavar="STAGE.OPTION=VALUE",
+                   help="override a stage option, e.g. distill.tokens=200000 (repeatable)")
+    s.add_argument("--resume", action="store_true", help="continue a run: skip finished stages whose inputs and "
+                   "config are unchanged, continue interrupted training")
+    s.set_defaults(func=_cmd_run)
+
     s = sub.add_parser("prune", help="structured pruning (depth and width) to a parameter target or a shape")
     s.add_argument("source", help="HF directory, .gguf file or zoo name")
     s.add_argument("-o", "--output", required=True, type=Path, help="output HF checkpoint directory")
@@ -346,12 +378,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plan-only", action="store_true", help="print the plan and stop")
     s.set_defaults(func=_cmd_prune)
 
-    s = sub.add_parser("demo", help="the default job until `slimkit run` lands: export, validate, evaluate, package")
-    s.add_argument("-o", "--output", type=Path, default=Path("runs/default"))
-    s.add_argument("--source", default="smollm2-135m-instruct")
-    s.add_argument("--text", type=Path, default=None, help="evaluation text (default: shared WikiText-2 if present)")
-    s.add_argument("--max-chunks", type=int, default=8)
-    s.set_defaults(func=_cmd_demo)
+    rat = sub.add_parser("rationale", help="rationale distillation: teacher rationales for a task, then training")
+    rat_sub = rat.add_subparsers(dest="rationale_command", required=True)
+    s = rat_sub.add_parser("generate", help="teacher-forced rationales for a task into a resumable jsonl cache")
+    s.add_argument("--task", required=True, help="cqa | svamp | esnli | a task jsonl file (schema: README)")
+    s.add_argument("--split", default="train", help="split of a bundled task (default train)")
+    s.add_argument("--limit", type=int, default=None, help="only the first N records")
+    s.add_argument("--teacher", required=True, help="file:NAME | MODEL.gguf | zoo name | http(s)://HOST/v1#MODEL")
+    s.add_argument("--model", default=None, help="model name at an HTTP teacher (instead of URL#MODEL)")
+    s.add_argument("--name", default=None, help="teacher name in the output (default: the model's)")
+    s.add_argument("--k-shot", type=int, default=4, help="in-context examples per prompt (default 4)")
+    s.add_argument("--examples-teacher", default="palm", help="rationales shown in the examples (default palm)")
+    s.add_argument("--template", type=Path, default=None, help="YAML/JSON overriding prompt template parts")
+    s.add_argument("--concurrency", type=int, default=4, help="requests in flight for an HTTP teacher (default 4)")
+    s.add_argument("--max-tokens", type=int, default=128)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the example draw and of sampling")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request (default 60)")
+    s.add_argument("--retries", type=int, default=2, help="retries of a failed request (default 2)")
+    s.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    s.add_argument("--completion", action="store_true", help="send the prompt as plain text (completions) instead "
+                   "of chat messages (default: chat, except for a GGUF without a chat template)")
+    s.add_argument("-o", "--output", required=True, type=Path, help="rationale jsonl (appended; reruns resume)")
+    s.set_defaults(func=_cmd_rationale_generate)
+
     return p
 
 

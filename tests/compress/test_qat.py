@@ -19,6 +19,15 @@ from compress.quant.qat import FakeQuant, convert_qat, is_prepared, prepare_qat
 LEGACY = [t.value for t in formats.BlockType]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models train much faster single-threaded on a shared, oversubscribed machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _w(rows: int = 8, cols: int = 64, seed: int = 0) -> torch.Tensor:
     w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.05
     w[0, 3] = 0.9  # an outlier block

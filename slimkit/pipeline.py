@@ -1,0 +1,418 @@
+"""`slimkit run`: a YAML recipe -> stages -> a run directory with a manifest, resumable.
+
+A recipe is data. Each stage names a kind and takes exactly the options of its CLI verb
+(`target-params: 0.5` for `slimkit prune --target-params 0.5`); the pipeline turns a stage into
+that verb's command line, checks every stage against the verb's own argument parser before any
+work starts, and runs it as a `slimkit` subprocess with its log in the stage directory. So the
+recipe language is the CLI, and the logic stays in the library.
+
+A stage is `- KIND: {options}`; the keys `id` (the stage's name in the run directory, the
+manifest and `--set`; default: its kind), `input` (an earlier stage's id, or `teacher`) and
+`skip` belong to the pipeline, `devices` to profile stages; every other key is a CLI option.
+
+Model flow: `load` sets the current model (and the teacher); prune, distill and qat replace the
+current model with their output checkpoint; export/eval/profile/package stages read the current
+model or `input: <stage name>` (e.g. the teacher's export). Artifacts (GGUF files, ONNX
+directories) are collected for the eval, profile and package stages and for the report.
+
+    RUN_DIR/manifest.json       per stage: kind, argv, config hash, input and output hashes,
+                                metrics, seconds, status (pending | running | finished | failed | skipped)
+    RUN_DIR/NN-name/            the stage's outputs and its log (stage.log)
+
+Outputs are written under temporary names and renamed into place by the verbs; the manifest is
+rewritten atomically and marks a stage finished only after its outputs exist and are hashed, so
+a run killed at any moment never has a finished stage with partial outputs. `--resume` skips
+finished stages whose config and input hashes are unchanged, and reruns the others; distill and
+qat stages always checkpoint (`--save-every`) and continue from their last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.atomic import atomic_write
+from compress.errors import SlimkitError
+from slimkit import rundir
+from slimkit.rundir import Manifest, config_hash, tree_hash
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+# kind -> the CLI verb (argv prefix); how its input and output are passed
+VERBS: dict[str, list[str]] = {
+    "prune": ["prune"], "distill": ["distill"], "qat": ["qat"], "export-gguf": ["export", "gguf"],
+    "export-onnx": ["export", "onnx"], "eval": ["eval"], "profile": ["profile"],
+    "package-ollama": ["package", "ollama"],
+}
+MODEL_STAGES = ("prune", "distill", "qat")  # their output replaces the current model
+TRAINING = ("distill", "qat")
+NOT_LANDED = {"rationale": "rationale distillation (issue 6) has not landed"}
+PIPELINE_KEYS = ("kind", "id", "input", "skip", "devices")  # stage keys that are not CLI options
+
+
+@dataclass
+class Stage:
+    index: int
+    name: str
+    kind: str
+    options: dict[str, Any]
+    line: int  # line of the stage in the recipe file (1-based), for error messages
+    input: str | None = None
+    skip: bool = False
+    devices: list[str] = field(default_factory=lambda: ["local"])  # profile stages only
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.index:02d}-{self.name}"
+
+
+@dataclass
+class Recipe:
+    path: str
+    source: str  # the load stage's model: the teacher
+    stages: list[Stage] = field(default_factory=list)
+
+
+# ---- recipe -> stages -------------------------------------------------------------------------
+
+def _stage_lines(text: str) -> list[int]:
+    import yaml
+
+    root = yaml.compose(text)
+    stages = next((v for k, v in root.value if k.value == "stages"), None) if root is not None else None
+    return [item.start_mark.line + 1 for item in getattr(stages, "value", [])]
+
+
+def load_recipe(path: str | Path | None, sets: list[str] = ()) -> Recipe:
+    """Parse a recipe (default: the embedded default.yaml) and apply --set overrides."""
+    import yaml
+
+    file = Path(path) if path else RECIPES / "default.yaml"
+    if not file.is_file():
+        named = RECIPES / f"{path}.yaml"
+        if not named.is_file():
+            raise SlimkitError(f"recipe {path} not found; give a YAML file or one of: "
+                               f"{', '.join(p.stem for p in sorted(RECIPES.glob('*.yaml')))}")
+        file = named
+    text = file.read_text()
+    try:
+        doc = yaml.safe_load(text)
+        lines = _stage_lines(text)
+    except yaml.YAMLError as exc:
+        raise SlimkitError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
+        raise SlimkitError(f"{file}: a recipe is a mapping with a non-empty `stages:` list")
+    stages = [_stage(file, i, raw, lines[i] if i < len(lines) else 0) for i, raw in enumerate(doc["stages"])]
+    names = [s.name for s in stages]
+    for s in stages:
+        if names.count(s.name) > 1:
+            s.name = f"{s.name}-{s.index}"
+    _apply_sets(stages, sets, file)
+    loads = [s for s in stages if s.kind == "load"]
+    if len(loads) != 1 or stages[0].kind != "load":
+        raise SlimkitError(f"{file}: the first stage must be the only `load` stage (e.g. `- load: {{source: NAME}}`)")
+    return Recipe(str(file), str(loads[0].options.get("source", "")), stages)
+
+
+def _stage(file: Path, i: int, raw: Any, line: int) -> Stage:
+    where = f"{file}:{line}"
+    if isinstance(raw, dict) and len(raw) == 1 and "kind" not in raw:
+        (kind, options), = raw.items()
+        options = dict(options or {})
+    elif isinstance(raw, dict) and "kind" in raw:
+        options = dict(raw)
+        kind = options.pop("kind")
+    else:
+        raise SlimkitError(f"{where}: a stage is `- KIND: {{options}}` or a mapping with `kind:`")
+    kind = str(kind).replace("_", "-").replace(" ", "-")
+    if kind not in VERBS and kind != "load" and kind not in NOT_LANDED:
+        raise SlimkitError(f"{where}: unknown stage {kind!r}; stages: load, {', '.join(VERBS)}, {', '.join(NOT_LANDED)}")
+    name = str(options.pop("id", kind))
+    options = {str(k).replace("_", "-"): v for k, v in options.items()}
+    stage = Stage(i, name, kind, options, line, options.pop("input", None), bool(options.pop("skip", False)))
+    if kind == "profile":
+        devices = options.pop("devices", options.pop("device", ["local"]))
+        stage.devices = [str(d) for d in (devices if isinstance(devices, list) else [devices])]
+    return stage
+
+
+def _apply_sets(stages: list[Stage], sets: list[str], file: Path) -> None:
+    import yaml
+
+    for item in sets:
+        key, sep, value = item.partition("=")
+        stage_name, dot, option = key.partition(".")
+        if not sep or not dot or not option:
+            raise SlimkitError(f"--set {item!r}: expected STAGE.OPTION=VALUE, e.g. distill.tokens=200000")
+        matches = [s for s in stages if s.name == stage_name]
+        if not matches:
+            raise SlimkitError(f"--set {item!r}: no stage named {stage_name!r} in {file} "
+                               f"(stages: {', '.join(s.name for s in stages)})")
+        parsed = yaml.safe_load(value) if value else ""
+        option = option.replace("_", "-")
+        for s in matches:
+            if option == "skip":
+                s.skip = bool(parsed)
+            elif option == "input":
+                s.input = str(parsed)
+            else:
+                s.options[option] = parsed
+
+
+# ---- stage -> command line ---------------------------------------------------------------------
+
+def _flag_actions(verb: list[str]) -> dict[str, Any]:
+    """--flag -> argparse action of the verb's own parser."""
+    from slimkit.cli import build_parser
+
+    parser = build_parser()
+    for word in verb:
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")  # noqa: SLF001
+        parser = sub.choices[word]
+    return {opt: a for a in parser._actions for opt in a.option_strings}  # noqa: SLF001
+
+
+def option_argv(stage: Stage, file: str) -> list[str]:
+    """The stage's options as the verb's flags; unknown options fail naming the recipe line."""
+    actions = _flag_actions(VERBS[stage.kind])
+    argv: list[str] = []
+    for key, value in stage.options.items():
+        flag = f"--{key}"
+        action = actions.get(flag)
+        if action is None or flag in ("--output", "--help"):
+            known = sorted(f[2:] for f in actions if f.startswith("--") and f not in ("--help", "--output"))
+            raise SlimkitError(f"{file}:{stage.line}: stage {stage.name!r} ({stage.kind}) has no option {key!r}; "
+                               f"options: {', '.join(known)}")
+        kind = action.__class__.__name__
+        if kind in ("_StoreTrueAction", "_StoreFalseAction"):
+            if value:
+                argv.append(flag)
+        elif kind == "_AppendAction":
+            for v in value if isinstance(value, list) else [value]:
+                argv += [flag, str(v)]
+        elif isinstance(value, list):
+            argv += [flag, *(str(v) for v in value)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def check_argv(verb: list[str], argv: list[str], where: str) -> None:
+    """Parse with the verb's own parser (types, choices, required flags) without running it."""
+    import contextlib
+    import io
+
+    from slimkit.cli import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            build_parser().parse_args([*verb, *argv])
+    except SystemExit:
+        message = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "invalid options"
+        raise SlimkitError(f"{where}: {message.split(': error: ', 1)[-1]}") from None
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+@dataclass
+class _State:
+    """What the stages so far produced: the current model, the teacher, artifacts, eval results."""
+
+    teacher: str
+    model: str
+    outputs: dict[str, Path] = field(default_factory=dict)  # stage name -> its main output
+    artifacts: dict[str, Path] = field(default_factory=dict)  # stage name -> GGUF file / ONNX dir
+
+
+def _input_of(stage: Stage, state: _State) -> str:
+    if stage.input is None:
+        return state.model
+    if stage.input in ("teacher", "load"):
+        return state.teacher
+    if stage.input not in state.outputs:
+        raise SlimkitError(f"stage {stage.name!r}: input {stage.input!r} is not an earlier stage")
+    return str(state.outputs[stage.input])
+
+
+def plan_argv(stage: Stage, state: _State, stage_dir: Path, file: str) -> list[list[str]]:
+    """The slimkit command line(s) a stage runs (several for eval/profile: one per target)."""
+    opts = option_argv(stage, file)
+    verb = VERBS[stage.kind]
+    if stage.kind in MODEL_STAGES:
+        extra = []
+        if stage.kind in TRAINING:
+            extra = ["--resume"] + ([] if "save-every" in stage.options else ["--save-every", "10"])
+            if stage.kind == "distill" and "teacher" not in stage.options:
+                extra += ["--teacher", state.teacher]
+        return [[*verb, _input_of(stage, state), "-o", str(stage_dir / "model"), *opts, *extra]]
+    if stage.kind == "export-gguf":
+        return [[*verb, _input_of(stage, state), "-o", str(stage_dir / "model.gguf"), *opts]]
+    if stage.kind == "export-onnx":
+        return [[*verb, _input_of(stage, state), "-o", str(stage_dir / "onnx"), *opts]]
+    if stage.kind == "package-ollama":
+        gguf = _input_of(stage, state) if stage.input else str(_last_gguf(state))
+        return [[*verb, gguf, "-o", str(stage_dir / "ollama"), *opts]]
+    targets = _targets(stage, state)
+    if stage.kind == "eval":
+        return [[*verb, str(t), *opts, "--json"] for t in targets.values()]
+    return [[*verb, str(t), "--device", d, *opts, "--json"] for t in targets.values() for d in _devices(stage)]
+
+
+def _devices(stage: Stage) -> list[str]:
+    """A profile stage's `devices:` list ("profiles" = every device profile but this host)."""
+    from devices.specs import profile_names
+
+    out: list[str] = []
+    for d in stage.devices:
+        out += [n for n in profile_names() if n != "local"] if d == "profiles" else [d]
+    return out
+
+
+def _last_gguf(state: _State) -> Path:
+    ggufs = [p for p in state.artifacts.values() if p.suffix == ".gguf"]
+    if not ggufs:
+        raise SlimkitError("package-ollama needs an earlier export-gguf stage")
+    return ggufs[-1]
+
+
+def _targets(stage: Stage, state: _State) -> dict[str, Path]:
+    if stage.input:
+        return {stage.input: Path(_input_of(stage, state))}
+    if stage.kind == "profile":
+        return {n: p for n, p in state.artifacts.items() if p.suffix == ".gguf"}
+    return dict(state.artifacts)
+
+
+def _run_command(argv: list[str], log: Path) -> str:
+    """Run `slimkit ARGV` in a subprocess (its own memory, killable); stdout returned, both logged."""
+    cmd = [sys.executable, "-m", "slimkit.cli", *argv]
+    with open(log, "a") as f:
+        f.write(f"$ slimkit {shlex.join(argv)}\n")
+        f.flush()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True)
+        f.write(proc.stdout)
+    if proc.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+        raise SlimkitError(f"`slimkit {' '.join(argv[:2])}` failed (exit {proc.returncode}): {tail[0]} (log: {log})")
+    return proc.stdout
+
+
+def _json_out(stdout: str) -> Any:
+    start = stdout.find("{")
+    return json.loads(stdout[start:]) if start >= 0 else {}
+
+
+def _stage_output(stage: Stage, stage_dir: Path) -> Path:
+    return {"export-gguf": stage_dir / "model.gguf", "export-onnx": stage_dir / "onnx",
+            "package-ollama": stage_dir / "ollama"}.get(stage.kind, stage_dir / ("model" if stage.kind in MODEL_STAGES
+                                                                                  else "results.json"))
+
+
+def run(recipe: Recipe, run_dir: Path, resume: bool = False, log=print) -> dict[str, Any]:
+    """Run (or resume) a recipe into RUN_DIR; returns the manifest."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise SlimkitError(f"{run_dir} holds an earlier run; pass --resume to continue it or choose another -o")
+    state = _State(recipe.source, recipe.source)
+    fallback_text = rundir.resolve_paths(recipe, run_dir, log)
+    for i, stage in enumerate(recipe.stages):  # every stage is checked before any work starts
+        if stage.kind in VERBS and not stage.skip:
+            _check_stage(stage, [s.name for s in recipe.stages[:i]], recipe.path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fallback_text is not None and not fallback_text.is_file():
+        rundir.sample_text(recipe.source, fallback_text, log)
+    manifest = Manifest(run_dir / "manifest.json")
+    manifest.doc.update(recipe=recipe.path, teacher=recipe.source)
+    start = time.perf_counter()
+    for stage in recipe.stages:
+        _run_stage(stage, state, run_dir, manifest, recipe.path, log)
+    manifest.doc["wall_seconds"] = round(time.perf_counter() - start, 1)
+    manifest.put("_run", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return manifest.doc
+
+
+def _check_stage(stage: Stage, earlier: list[str], file: str) -> None:
+    """Options, types and choices against the verb's own parser, with placeholder paths."""
+    where = f"{file}:{stage.line}"
+    if stage.input is not None and stage.input not in ("teacher", "load", *earlier):
+        raise SlimkitError(f"{where}: stage {stage.name!r}: input {stage.input!r} is not an earlier stage")
+    out = [] if stage.kind in ("eval", "profile") else ["-o", "OUT"]
+    check_argv(VERBS[stage.kind], ["IN", *out, *option_argv(stage, file)], where)
+    if stage.kind == "profile":
+        from devices.specs import profile_names
+
+        unknown = [d for d in stage.devices if d not in ("local", "profiles", *profile_names()) and "://" not in d]
+        if unknown:
+            raise SlimkitError(f"{where}: unknown device {unknown[0]!r}; devices: local, profiles (all), "
+                               f"{', '.join(profile_names())}, ssh://..., adb://...")
+
+
+def _advance(stage: Stage, state: _State, output: Path) -> None:
+    state.outputs[stage.name] = output
+    if stage.kind in MODEL_STAGES:
+        state.model = str(output)
+    elif stage.kind in ("export-gguf", "export-onnx"):
+        state.artifacts[stage.name] = output
+
+
+def _run_stage(stage: Stage, state: _State, run_dir: Path, manifest: Manifest, file: str, log) -> None:
+    stage_dir = run_dir / stage.dirname
+    if stage.kind == "load":
+        manifest.put(stage.name, kind="load", status="finished", source=state.teacher, index=stage.index)
+        return
+    if stage.kind in NOT_LANDED or stage.skip:
+        why = NOT_LANDED.get(stage.kind, "skip: true in the recipe")
+        log(f"warning: skipping stage {stage.name}: {why}")
+        manifest.put(stage.name, kind=stage.kind, status="skipped", reason=why, index=stage.index)
+        return
+    argvs = plan_argv(stage, state, stage_dir, file)
+    inputs = sorted({a for argv in argvs for a in argv if Path(a).exists() and not str(a).startswith(str(stage_dir))})
+    input_hashes = {a: tree_hash(Path(a)) for a in inputs}
+    config = config_hash([[str(x).replace(str(run_dir), "RUN") for x in argv] for argv in argvs])
+    output = _stage_output(stage, stage_dir)
+    old = manifest.get(stage.name)
+    if (old.get("status") == "finished" and old.get("config_sha256") == config and old.get("inputs") == input_hashes
+            and old.get("output_sha256") == tree_hash(output)):
+        log(f"[{stage.name}] unchanged since the last run: skipped")
+        _advance(stage, state, output)
+        return
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    manifest.put(stage.name, kind=stage.kind, index=stage.index, status="running", argv=argvs,
+                 config_sha256=config, inputs=input_hashes, output=str(output.relative_to(run_dir)))
+    log(f"[{stage.name}] slimkit {' '.join(argvs[0][:len(VERBS[stage.kind])])} ...")
+    t0 = time.perf_counter()
+    try:
+        results = [_run_command(argv, stage_dir / "stage.log") for argv in argvs]
+    except BaseException:
+        manifest.put(stage.name, status="failed", seconds=round(time.perf_counter() - t0, 1))
+        raise
+    metrics = _metrics(stage, argvs, results, output)
+    if stage.kind in ("eval", "profile"):
+        atomic_write(output, json.dumps(metrics, indent=2, default=str).encode())
+    seconds = round(time.perf_counter() - t0, 1)
+    manifest.put(stage.name, status="finished", seconds=seconds, metrics=metrics, output_sha256=tree_hash(output))
+    log(f"[{stage.name}] finished in {seconds:.0f} s")
+    _advance(stage, state, output)
+
+
+def _metrics(stage: Stage, argvs: list[list[str]], stdouts: list[str], output: Path) -> dict[str, Any]:
+    if stage.kind == "eval":
+        return {argv[1]: _json_out(out) for argv, out in zip(argvs, stdouts)}
+    if stage.kind == "profile":
+        return {f"{argv[1]}@{argv[3]}": _json_out(out) for argv, out in zip(argvs, stdouts)}
+    if stage.kind in MODEL_STAGES:
+        history = json.loads((output / "slimkit.json").read_text())
+        return history["stages"][-1].get("metrics", {}) if history.get("stages") else {}
+    if stage.kind == "export-gguf":
+        report = output.with_name(output.name + ".validation.json")
+        return {"file_mb": round(output.stat().st_size / 1e6, 2),
+                **({"validation": json.loads(report.read_text())} if report.is_file() else {})}
+    if stage.kind == "export-onnx":
+        size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file() and p.suffix in (".onnx", ".data"))
+        return {"file_mb": round(size / 1e6, 2)}
+    return {}
