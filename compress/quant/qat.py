@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 from compress.checkpoint import BLOCKS_FILE
 from compress.errors import SlimkitError
 from compress.quant import formats
-from compress.quant.plans import FLOAT, LEARNABLE, QATPlan
+from compress.quant.plans import LEARNABLE, QATPlan
 
 __all__ = ["FakeQuant", "QATPlan", "QuantizedWeights", "convert_qat", "is_prepared", "prepare_qat"]
 
