@@ -28,17 +28,25 @@ class Corpus:
     train: torch.Tensor  # (N, seq_len) int64
     heldout: torch.Tensor  # (M, seq_len) int64
     source: str  # what it was built from, for the history
+    # Per-token loss weights of the target at each position (N, seq_len) float32, for corpora of
+    # prompt -> target examples (0 on prompts and padding); None = plain language modelling.
+    train_weights: torch.Tensor | None = None
+    heldout_weights: torch.Tensor | None = None
 
     @property
     def sha256(self) -> str:
         return windows_sha256(self.train, self.heldout)
 
 
-def windows_sha256(*windows: torch.Tensor) -> str:
+def windows_sha256(*windows: torch.Tensor | None) -> str:
+    """Token windows (and float weight tensors, hashed as float32) -> sha256."""
     digest = hashlib.sha256()
     for w in windows:
+        if w is None:
+            continue
         digest.update(str(tuple(w.shape)).encode())
-        digest.update(w.to(torch.int32).contiguous().numpy().tobytes())
+        dtype = torch.float32 if w.is_floating_point() else torch.int32
+        digest.update(w.to(dtype).contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -36,14 +36,61 @@ def _cmd_export_gguf(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from compress.errors import SlimkitError
     from slimkit.evaluation import evaluate_source
 
+    if (args.text is None) == (args.task is None):
+        raise SlimkitError("give --text FILE (perplexity) or --task cqa|svamp|esnli|FILE (accuracy)")
+    if args.task is not None:
+        return _eval_task(args)
     result = evaluate_source(args.source, args.text, ctx=args.ctx, max_chunks=args.max_chunks, progress=not args.json)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['source']}: perplexity {result['ppl']:.4f} over {result['tokens_scored']} tokens "
               f"({result['windows']} windows of {result['ctx']}, runtime {result['runtime']})")
+    return 0
+
+
+def _eval_task(args: argparse.Namespace) -> int:
+    from compress.checkpoint import load
+    from compress.rationale.evaluate import evaluate_task
+    from compress.rationale.tasks import load_task
+
+    task = load_task(args.task, args.split, limit=args.limit)
+    model, tokenizer = load(args.source)
+    result = {"source": args.source, "task": args.task, "split": args.split,
+              **evaluate_task(model, tokenizer, task.records, progress=not args.json)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.source} on {args.task} ({args.split}, {result['n']} questions): exact match "
+              f"{result['exact_match']:.4f}" + (f", choice accuracy {result['choice_accuracy']:.4f}"
+                                                if "choice_accuracy" in result else ""))
+    return 0
+
+
+def _cmd_rationale_train(args: argparse.Namespace) -> int:
+    from compress.distill.config import DistillConfig
+    from compress.errors import SlimkitError
+    from compress.rationale.generate import load_rationales
+    from compress.rationale.tasks import load_task
+    from compress.rationale.train import train_rationale
+
+    if args.alpha and len(args.alpha) != len(args.teacher_name):
+        raise SlimkitError(f"give one --alpha per --teacher-name ({len(args.teacher_name)}), got {len(args.alpha)}")
+    alphas = dict(zip(args.teacher_name, args.alpha or [1.0] * len(args.teacher_name)))
+    task = load_task(args.task, args.split, limit=args.limit)
+    rationales: dict[str, dict[str, str]] = {}
+    for path in args.rationales:
+        for rid, by_teacher in load_rationales(path).items():
+            rationales.setdefault(rid, {}).update(by_teacher)
+    cfg = DistillConfig(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size,
+                        micro_batch=args.micro_batch, lr=args.lr, eval_every=args.eval_every,
+                        save_every=args.save_every, precision=args.precision, seed=args.seed)
+    res = train_rationale(args.student, task.records, rationales, alphas, args.output, cfg, resume=args.resume)
+    print(f"wrote {res.out} after {res.steps} steps ({res.tokens} tokens); held-out answer ppl "
+          f"{res.evals[-1]['heldout_ppl']:.3f}")
     return 0
 
 
@@ -290,7 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="perplexity of a checkpoint, a .gguf or an ONNX export directory on a text file")
     s.add_argument("source", help="HF directory, .gguf file or zoo name")
-    s.add_argument("--text", required=True, type=Path, help="UTF-8 text file (.gz accepted)")
+    s.add_argument("--text", default=None, type=Path, help="UTF-8 text file (.gz accepted): perplexity")
+    s.add_argument("--task", default=None, help="cqa | svamp | esnli | task jsonl FILE: accuracy of the [answer] "
+                   "prompt (exact match; choice likelihood for multiple choice)")
+    s.add_argument("--split", default="test", help="task split (default test)")
+    s.add_argument("--limit", type=int, default=None, help="first N questions of the task")
     s.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
     s.add_argument("--max-chunks", type=int, default=None, help="score at most N windows")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -401,6 +452,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "of chat messages (default: chat, except for a GGUF without a chat template)")
     s.add_argument("-o", "--output", required=True, type=Path, help="rationale jsonl (appended; reruns resume)")
     s.set_defaults(func=_cmd_rationale_generate)
+    s = rat_sub.add_parser("train", help="multi-task rationale distillation: [answer] and [explain:<teacher>] prefixes")
+    s.add_argument("student", help="HF directory, .gguf file or zoo name")
+    s.add_argument("--task", required=True, help="cqa | svamp | esnli | task jsonl FILE")
+    s.add_argument("--split", default="train")
+    s.add_argument("--limit", type=int, default=None, help="first N training records")
+    s.add_argument("--rationales", type=Path, nargs="*", default=[], help="`slimkit rationale generate` outputs "
+                   "(consistent rationales only); the task file's own rationales (palm) are used too")
+    s.add_argument("--teacher-name", nargs="*", default=[], help="teachers whose rationales the student learns "
+                   "(none = label only), e.g. palm gemma3")
+    s.add_argument("--alpha", type=float, nargs="*", default=None, help="one weight per --teacher-name (default 1)")
+    s.add_argument("-o", "--output", required=True, type=Path, help="output checkpoint directory")
+    s.add_argument("--tokens", type=int, required=True, help="training budget in tokens (padded windows)")
+    s.add_argument("--seq-len", type=int, default=256)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--micro-batch", type=int, default=1)
+    s.add_argument("--lr", type=float, default=5e-5)
+    s.add_argument("--eval-every", type=int, default=0)
+    s.add_argument("--save-every", type=int, default=0)
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", action="store_true")
+    s.set_defaults(func=_cmd_rationale_train)
 
     return p
 

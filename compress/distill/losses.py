@@ -134,6 +134,15 @@ def cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -
     return _masked_mean(per_pos.view(targets.shape), mask)
 
 
+def weighted_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """Next-token cross-entropy with a weight per target position (B, L), summed over positions and
+    averaged over the batch: with weights alpha / n_target_tokens per example this is the mean over
+    examples of alpha * (mean NLL of the example's target), the multi-task loss of rationale
+    distillation (Distilling Step-by-Step, TinyLLM)."""
+    per_pos = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction="none")
+    return (per_pos.view(targets.shape) * weights.to(per_pos.dtype)).sum() / targets.shape[0]
+
+
 def hidden_mse(student: Tensor, teacher: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean squared error between (projected) student and teacher hidden states (..., d)."""
     return _masked_mean((student.float() - teacher.float()).pow(2).mean(-1), mask)

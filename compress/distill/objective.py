@@ -93,8 +93,9 @@ def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor, inner: Dist
 
 def compute_loss(module: nn.Module, teachers: Sequence[Teacher], ids: torch.Tensor,
                  cached: Sequence[SparseLogits | None], ce_weight: float, relation_layer: int,
-                 autocast: Any) -> LossParts:
-    """Loss of one micro-batch `ids` (B, L). `module` is the DistillModule, maybe DDP-wrapped."""
+                 autocast: Any, weights: torch.Tensor | None = None) -> LossParts:
+    """Loss of one micro-batch `ids` (B, L). `module` is the DistillModule, maybe DDP-wrapped.
+    `weights` (B, L): per-token weights of the cross-entropy on the data (prompt -> target corpora)."""
     inner = module.module if hasattr(module, "module") else module
     hidden = any(t.spec.feature_weight > 0 for t in teachers)
     relation = any(t.spec.relation_weight > 0 for t in teachers)
@@ -103,7 +104,9 @@ def compute_loss(module: nn.Module, teachers: Sequence[Teacher], ids: torch.Tens
     s_logits = out.logits[:, :-1]
     terms: dict[str, torch.Tensor] = {}
     if ce_weight > 0 or not teachers:
-        terms["ce"] = losses.cross_entropy(s_logits, ids[:, 1:]) * (ce_weight if teachers else 1.0)
+        ce = (losses.cross_entropy(s_logits, ids[:, 1:]) if weights is None
+              else losses.weighted_cross_entropy(s_logits, ids[:, 1:], weights[:, 1:]))
+        terms["ce"] = ce * (ce_weight if teachers else 1.0)
     for i, t in enumerate(teachers):
         n_vocab = None
         if t.model is not None and t.model.config.vocab_size != inner.student.config.vocab_size:

@@ -93,15 +93,26 @@ def _corpus(data: Sequence[str | Path], tokenizer: Any, teachers: Sequence[Teach
     return Corpus(saved["train"], saved["heldout"], saved["source"])
 
 
+def _kept(n: int, cfg: DistillConfig) -> torch.Tensor | None:
+    needed = cfg.steps * cfg.batch_size
+    if needed >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:needed].sort().values
+
+
 def training_windows(corpus: Corpus, cfg: DistillConfig) -> torch.Tensor:
     """The windows the budget will visit: all of them when the budget covers an epoch, else a
     seeded subset (so a logit cache is only built for windows that are used)."""
-    needed = cfg.steps * cfg.batch_size
-    n = corpus.train.shape[0]
-    if needed >= n:
-        return corpus.train
-    keep = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:needed].sort().values
-    return corpus.train[keep]
+    keep = _kept(corpus.train.shape[0], cfg)
+    return corpus.train if keep is None else corpus.train[keep]
+
+
+def training_weights(corpus: Corpus, cfg: DistillConfig) -> torch.Tensor | None:
+    """The per-token weights of training_windows (None for plain language modelling)."""
+    if corpus.train_weights is None:
+        return None
+    keep = _kept(corpus.train.shape[0], cfg)
+    return corpus.train_weights if keep is None else corpus.train_weights[keep]
 
 
 def _logits_fn(teacher: Teacher, device: torch.device, autocast: Callable[[], Any]) -> Callable:
@@ -136,8 +147,9 @@ def _open_caches(teachers: Sequence[Teacher], train: torch.Tensor, heldout: torc
 
 @torch.no_grad()
 def evaluate(student: Any, teacher: Teacher | None, eval_cache: Any, heldout: torch.Tensor, cfg: DistillConfig,
-             dist: Dist, autocast: Callable[[], Any]) -> dict[str, float]:
-    """Held-out perplexity, and KL(teacher || student) + top-1 agreement with teacher 0 (T = 1)."""
+             dist: Dist, autocast: Callable[[], Any], heldout_weights: torch.Tensor | None = None) -> dict[str, float]:
+    """Held-out perplexity (of the target tokens, when the corpus has weights), and
+    KL(teacher || student) + top-1 agreement with teacher 0 (T = 1)."""
     windows = heldout[:cfg.eval_windows]
     sums = [0.0, 0.0, 0.0, 0.0]  # nll, tokens, kl * tokens, agreeing tokens
     was_training = student.training
@@ -147,7 +159,12 @@ def evaluate(student: Any, teacher: Teacher | None, eval_cache: Any, heldout: to
         with autocast():
             s = student(input_ids=ids, use_cache=False).logits[:, :-1].float()
         n = s.shape[1]
-        sums[0] += float(losses.cross_entropy(s, ids[:, 1:])) * n
+        if heldout_weights is not None:  # prompt -> target examples: score the targets only
+            mask = heldout_weights[i:i + 1, 1:].to(dist.device) > 0
+            n = int(mask.sum())
+            sums[0] += float(losses.cross_entropy(s, ids[:, 1:], mask)) * n
+        else:
+            sums[0] += float(losses.cross_entropy(s, ids[:, 1:])) * n
         sums[1] += n
         t: Any = None
         if eval_cache is not None:
@@ -171,23 +188,29 @@ def evaluate(student: Any, teacher: Teacher | None, eval_cache: Any, heldout: to
 
 def distill(student_source: str | Path, teachers: Sequence[TeacherSpec], out: str | Path, cfg: DistillConfig,
             data: Sequence[str | Path] = (), resume: bool = False, progress: bool = True,
-            callback: Callback | None = None, qat: QATPlan | None = None) -> DistillResult:
+            callback: Callback | None = None, qat: QATPlan | None = None, corpus: Corpus | None = None,
+            stage: tuple[str, dict[str, Any]] | None = None) -> DistillResult:
     """Distil `teachers` into the student; write the result to OUT (a slimkit checkpoint).
 
     With `qat` the student trains through fake-quantized GGUF blocks (quantization-aware
     distillation) and OUT also holds the trained blocks the GGUF writer stores as they are.
+    `corpus`: a prebuilt corpus instead of `data` (e.g. prompt -> target examples with weights);
+    `stage`: (history stage name, extra config that must match on resume) for callers built on it.
     """
     dist = Dist.from_env()
     try:
-        return _Run(student_source, teachers, Path(out), cfg, data, dist, progress, qat).train(resume, callback)
+        run = _Run(student_source, teachers, Path(out), cfg, data, dist, progress, qat, corpus, stage)
+        return run.train(resume, callback)
     finally:
         dist.close()
 
 
 class _Run:
     def __init__(self, student_source: str | Path, specs: Sequence[TeacherSpec], out: Path, cfg: DistillConfig,
-                 data: Sequence[str | Path], dist: Dist, progress: bool, qat: QATPlan | None = None) -> None:
+                 data: Sequence[str | Path], dist: Dist, progress: bool, qat: QATPlan | None = None,
+                 corpus: Corpus | None = None, stage: tuple[str, dict[str, Any]] | None = None) -> None:
         self.cfg, self.dist, self.out, self.state, self.qat = cfg, dist, out, state_dir(out), qat
+        self.stage = stage
         self.progress = progress and dist.main
         self.accum = cfg.accumulation(dist.world)
         _seed_all(cfg.seed)
@@ -202,9 +225,11 @@ class _Run:
         self.autocast = _autocast(cfg, dist.device)
         self.teachers = [load_teacher(s, self.ckpt.tokenizer, dist.device) for s in specs]
         prepare_teachers(student, self.teachers)
-        corpus = _corpus(data, self.ckpt.tokenizer, self.teachers, cfg, self.state, dist, self.progress)
+        if corpus is None:
+            corpus = _corpus(data, self.ckpt.tokenizer, self.teachers, cfg, self.state, dist, self.progress)
         self.corpus_source = corpus.source
         self.train_windows, self.heldout = training_windows(corpus, cfg), corpus.heldout
+        self.train_weights, self.heldout_weights = training_weights(corpus, cfg), corpus.heldout_weights
         self.inner = DistillModule(student, self.teachers).to(dist.device)
         self.caches, self.eval_cache = _open_caches(self.teachers, self.train_windows, self.heldout, cfg, dist,
                                                     self.autocast, self.progress)
@@ -231,26 +256,27 @@ class _Run:
         saved = restore_checkpoint(found[-1], self.inner, self.optimizer, self.scheduler)
         mine = {k: v for k, v in self._config().items() if k not in DistillConfig.RESUME_FREE}
         theirs = {k: v for k, v in saved["config"].items() if k not in DistillConfig.RESUME_FREE}
-        if mine != theirs or saved["data_sha256"] != _sha(self.train_windows):
+        if mine != theirs or saved["data_sha256"] != _sha(self.train_windows, self.train_weights):
             diff = sorted(k for k in mine if mine[k] != theirs.get(k)) or ["training data"]
             raise SlimkitError(f"cannot resume from {found[-1]}: {', '.join(diff)} changed since it was written; "
                                "resume with the same options and data")
         return int(saved["step"])
 
-    def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, list]:
+    def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, list, torch.Tensor | None]:
         pos = micro_positions(step, micro, self.dist.rank, self.dist.world, self.cfg)
         idx = window_order(pos, self.train_windows.shape[0], self.cfg.seed)
         cached = [c.get(idx).to(self.dist.device) if c is not None else None for c in self.caches]
-        return self.train_windows[idx].to(self.dist.device), cached
+        weights = self.train_weights[idx].to(self.dist.device) if self.train_weights is not None else None
+        return self.train_windows[idx].to(self.dist.device), cached, weights
 
     def _step(self, step: int) -> dict[str, float]:
         parts: dict[str, float] = {}
         for micro in range(self.accum):
-            ids, cached = self._micro_batch(step, micro)
+            ids, cached, weights = self._micro_batch(step, micro)
             sync = micro == self.accum - 1 or self.dist.world == 1
             with contextlib.nullcontext() if sync else self.module.no_sync(), self._fake_quant_once():
                 lp = compute_loss(self.module, self.teachers, ids, cached, self.cfg.ce_weight,
-                                  self.cfg.relation_layer, self.autocast)
+                                  self.cfg.relation_layer, self.autocast, weights)
                 (lp.total / self.accum).backward()
             for k, v in {"loss": float(lp.total.detach()), **lp.parts}.items():
                 parts[k] = parts.get(k, 0.0) + v / self.accum
@@ -273,12 +299,12 @@ class _Run:
         teacher = self.teachers[0] if self.teachers else None
         with self._fake_quant_once():  # the weights do not change during an evaluation
             return evaluate(self.inner.student, teacher, self.eval_cache, self.heldout, self.cfg, self.dist,
-                            self.autocast)
+                            self.autocast, self.heldout_weights)
 
     def _save(self, step: int) -> None:
         if self.dist.main:
             save_checkpoint(self.state, step, self.ckpt, self.inner, self.optimizer, self.scheduler,
-                            {"config": self._config(), "data_sha256": _sha(self.train_windows)},
+                            {"config": self._config(), "data_sha256": _sha(self.train_windows, self.train_weights)},
                             self.cfg.keep_checkpoints)
         self.dist.barrier()
 
@@ -330,10 +356,11 @@ class _Run:
 
     def _config(self) -> dict[str, Any]:
         """What an interrupted run must match to be resumed: the training config and the QAT plan."""
-        return {**self.cfg.to_dict(), **({"qat": self.qat.to_dict()} if self.qat else {})}
+        return {**self.cfg.to_dict(), **({"qat": self.qat.to_dict()} if self.qat else {}),
+                **(self.stage[1] if self.stage else {})}
 
     def _write_output(self, final: dict[str, Any], tok_s: float) -> None:
-        stage = {"stage": "qat" if self.qat else "distill",
+        stage = {"stage": self.stage[0] if self.stage else "qat" if self.qat else "distill",
                  "config": {**self._config(), "teachers": [t.spec.to_dict() for t in self.teachers],
                             "data": self.corpus_source, "world_size": self.dist.world},
                  "metrics": {**final, "tokens_per_s": tok_s}}
@@ -352,7 +379,7 @@ def _type_counts(types: dict[str, str]) -> dict[str, int]:
     return counts
 
 
-def _sha(windows: torch.Tensor) -> str:
+def _sha(windows: torch.Tensor, weights: torch.Tensor | None = None) -> str:
     from compress.data import windows_sha256
 
-    return windows_sha256(windows)
+    return windows_sha256(windows, weights)
