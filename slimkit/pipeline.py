@@ -46,11 +46,11 @@ RECIPES = Path(__file__).resolve().parent / "recipes"
 VERBS: dict[str, list[str]] = {
     "prune": ["prune"], "distill": ["distill"], "qat": ["qat"], "export-gguf": ["export", "gguf"],
     "export-onnx": ["export", "onnx"], "eval": ["eval"], "profile": ["profile"],
-    "package-ollama": ["package", "ollama"],
+    "package-ollama": ["package", "ollama"], "rationale": ["rationale", "train"],
 }
-MODEL_STAGES = ("prune", "distill", "qat")  # their output replaces the current model
-TRAINING = ("distill", "qat")
-NOT_LANDED = {"rationale": "rationale distillation (issue 6) has not landed"}
+MODEL_STAGES = ("prune", "distill", "qat", "rationale")  # their output replaces the current model
+TRAINING = ("distill", "qat", "rationale")
+NOT_LANDED: dict[str, str] = {}  # stage kinds whose verb has not landed yet: skipped with a warning
 PIPELINE_KEYS = ("kind", "id", "input", "skip", "devices")  # stage keys that are not CLI options
 
 

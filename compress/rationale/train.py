@@ -62,7 +62,7 @@ def build_corpus(records: Sequence[TaskRecord], rationales: dict[str, dict[str, 
     rng = random.Random(seed)
     order = list(records)
     rng.shuffle(order)
-    n_held = int(len(order) * heldout_fraction)
+    n_held = max(1, int(len(order) * heldout_fraction)) if heldout_fraction > 0 and len(order) > 1 else 0
     held, train = order[:n_held], order[n_held:]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     counts = {"answer": 0, **{f"explain:{t}": 0 for t in alphas}, "too_long": 0}

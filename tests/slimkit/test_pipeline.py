@@ -49,13 +49,18 @@ def _slimkit_run(*args: str, **kw) -> subprocess.Popen:
 
 
 def test_tiny_recipe_runs_every_stage(teacher, tmp_path):
+    from compress.rationale.tasks import TaskRecord, write_task
+
     data = teacher / "data.txt"
+    task = write_task([TaskRecord(f"q{i}", f"Which word is number {i}?", str(i), tuple(str(j) for j in range(i, i + 3)),
+                                  rationales={"palm": f"The number {i} comes first."}) for i in range(12)],
+                      tmp_path / "task.jsonl")
     recipe = _recipe(tmp_path, "tiny.yaml", teacher=teacher / "teacher", stages=TRAIN.format(data=data, dt=1024) + (
         "  - export-onnx: {id: student-onnx, precision: int4}\n"
         "  - export-gguf: {id: teacher-gguf, input: teacher, type: F16}\n"
         f"  - eval: {{text: {data}, ctx: 64, max-chunks: 4}}\n"
         "  - profile: {devices: [local, raspberry-pi-5], repetitions: 1}\n"
-        "  - rationale: {}\n"
+        f"  - rationale: {{task: {task}, teacher-name: [palm], tokens: 1024, seq-len: 256, batch-size: 4, lr: 1.0e-3}}\n"
         "  - package-ollama: {input: student-gguf, name: tiny-student}\n"))
     start = time.perf_counter()
     proc = _slimkit_run(str(recipe), "-o", str(tmp_path / "run"))
@@ -63,11 +68,10 @@ def test_tiny_recipe_runs_every_stage(teacher, tmp_path):
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, out
     assert seconds < 120, f"the tiny recipe took {seconds:.0f} s"
-    assert "warning: skipping stage rationale" in out
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     status = {k: v["status"] for k, v in manifest["stages"].items() if not k.startswith("_")}
-    assert status.pop("rationale") == "skipped" and set(status.values()) == {"finished"}, status
-    assert len(status) == 10
+    assert set(status.values()) == {"finished"} and len(status) == 11, status
+    assert manifest["stages"]["rationale"]["metrics"]["heldout_ppl"] > 1
     st = manifest["stages"]
     run_dir = tmp_path / "run"
     assert (run_dir / st["student-gguf"]["output"]).is_file() and (run_dir / "10-package-ollama" / "ollama").is_dir()
@@ -82,7 +86,7 @@ def test_tiny_recipe_runs_every_stage(teacher, tmp_path):
     # a second --resume run skips every finished stage
     again = _slimkit_run(str(recipe), "-o", str(run_dir), "--resume")
     out2, _ = again.communicate(timeout=300)
-    assert again.returncode == 0 and out2.count("unchanged since the last run: skipped") == 9, out2
+    assert again.returncode == 0 and out2.count("unchanged since the last run: skipped") == 10, out2
 
 
 def _tensors(run_dir: Path) -> dict[str, bytes]:
