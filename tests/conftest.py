@@ -110,3 +110,39 @@ def zoo_path(name: str) -> Path:
         return get(name).path()
     except SlimkitError as exc:
         pytest.skip(str(exc))
+
+
+def free_port() -> int:
+    """A 127.0.0.1 TCP port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (just released)."""
+    return free_port()
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread: the tiny models train much faster single-threaded on a shared,
+    oversubscribed machine (OpenMP threads spin on each other)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_gguf_file(tmp_path_factory, ckpt, gtype: str, name: str) -> Path:
+    """A tiny random checkpoint exported by slimkit's GGUF writer (no validation: random weights)."""
+    from export.gguf.writer import export_gguf
+
+    out = tmp_path_factory.mktemp("gguf") / name
+    export_gguf(ckpt, out, gtype, validate=False)
+    return out

@@ -19,13 +19,7 @@ from compress.quant.qat import FakeQuant, convert_qat, is_prepared, prepare_qat
 LEGACY = [t.value for t in formats.BlockType]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models train much faster single-threaded on a shared, oversubscribed machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _w(rows: int = 8, cols: int = 64, seed: int = 0) -> torch.Tensor:

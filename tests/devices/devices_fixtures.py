@@ -16,51 +16,32 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port  # noqa: E402
+
 SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A 127.0.0.1 port nothing listens on (just released)."""
-    return free_port()
 
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory) -> Path:
     """A tiny random llama exported to Q8_0 by slimkit's own GGUF writer (no validation: random weights)."""
-    from export.gguf.writer import export_gguf
-    from tests.conftest import tiny_llama
+    from tests.conftest import tiny_gguf_file, tiny_llama
 
-    out = tmp_path_factory.mktemp("art") / "tiny-q8_0.gguf"
-    export_gguf(tiny_llama(seed=1, tie=False), out, "Q8_0", validate=False)
-    return out
+    return tiny_gguf_file(tmp_path_factory, tiny_llama(seed=1, tie=False), "Q8_0", "tiny-q8_0.gguf")
 
 
 @pytest.fixture(scope="session")
 def tiny_gguf_tied(tmp_path_factory) -> Path:
-    from export.gguf.writer import export_gguf
-    from tests.conftest import tiny_llama
+    from tests.conftest import tiny_gguf_file, tiny_llama
 
-    out = tmp_path_factory.mktemp("art") / "tiny-tied-f16.gguf"
-    export_gguf(tiny_llama(seed=2, tie=True), out, "F16", validate=False)
-    return out
+    return tiny_gguf_file(tmp_path_factory, tiny_llama(seed=2, tie=True), "F16", "tiny-tied-f16.gguf")
 
 
 @pytest.fixture(scope="session")
 def tiny_gguf_gemma(tmp_path_factory) -> Path:
     """A tiny random gemma3 (3 layers) at F16: a third depth for the calibration tests."""
-    from export.gguf.writer import export_gguf
-    from tests.conftest import tiny_gemma3
+    from tests.conftest import tiny_gemma3, tiny_gguf_file
 
-    out = tmp_path_factory.mktemp("art") / "tiny-gemma3-f16.gguf"
-    export_gguf(tiny_gemma3(seed=4), out, "F16", validate=False)
-    return out
+    return tiny_gguf_file(tmp_path_factory, tiny_gemma3(seed=4), "F16", "tiny-gemma3-f16.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 from devices.errors import DeviceError
 from devices.profile import profile
 from devices.transports import AdbTransport, parse_device
-from devices_fixtures import adb_env, closed_port, tiny_gguf  # noqa: F401  (pytest fixtures)
+from devices_fixtures import adb_env, tiny_gguf  # noqa: F401  (pytest fixtures)
 
 
 def test_no_device_attached(adb_env, tiny_gguf):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from slimkit.cli import main
-from devices_fixtures import closed_port, tiny_gguf  # noqa: F401  (pytest fixtures)
+from devices_fixtures import tiny_gguf  # noqa: F401  (pytest fixtures)
 
 
 def test_devices_lists_every_profile(capsys):

@@ -11,7 +11,7 @@ from devices.errors import DeviceError
 from devices.predict import Calibration
 from devices.profile import measure
 from devices.transports import SshTransport, file_hash
-from devices_fixtures import closed_port, sshd, tiny_gguf  # noqa: F401  (pytest fixtures)
+from devices_fixtures import sshd, tiny_gguf  # noqa: F401  (pytest fixtures)
 
 
 def test_run_push_cache_and_pull(sshd, tiny_gguf, tmp_path):

@@ -24,13 +24,8 @@ ROOT = root_conftest()
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_thread):  # noqa: F811 (tests/conftest.py's, made automatic for the distillation tests)
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

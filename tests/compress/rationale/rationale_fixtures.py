@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port  # noqa: E402
 
 from compress.rationale.tasks import TaskRecord
 
@@ -41,27 +42,12 @@ def mc_records(n: int = 8, with_rationales: bool = True) -> list[TaskRecord]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A 127.0.0.1 port nothing listens on (just released)."""
-    return free_port()
-
-
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory) -> Path:
     """A tiny random llama (ChatML chat template) exported to F16 by slimkit's writer."""
-    from export.gguf.writer import export_gguf
-    from tests.conftest import tiny_llama
+    from tests.conftest import tiny_gguf_file, tiny_llama
 
-    out = tmp_path_factory.mktemp("rationale") / "tiny-f16.gguf"
-    export_gguf(tiny_llama(seed=3), out, "F16", validate=False)
-    return out
+    return tiny_gguf_file(tmp_path_factory, tiny_llama(seed=3), "F16", "tiny-f16.gguf")
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:

@@ -13,7 +13,7 @@ from compress.rationale.generate import generate_rationales, load_rationales, re
 from compress.rationale.prompts import ExampleSampler, build_prompt
 from compress.rationale.sources import LlamaCppSource, OpenAISource, PrecomputedSource, make_source
 from compress.rationale.tasks import TaskRecord, write_task
-from rationale_fixtures import closed_port, llama_server, mc_records, stub_server, tiny_gguf  # noqa: F401
+from rationale_fixtures import llama_server, mc_records, stub_server, tiny_gguf  # noqa: F401
 from slimkit.cli import main
 
 
@@ -82,7 +82,7 @@ def test_transient_errors_are_retried_per_record(stub_server, tmp_path):
     assert stub_server.requests == 8  # each record: one 503, one success
 
 
-def test_unreachable_url_is_one_line_error(closed_port, tmp_path):
+def test_unreachable_url_is_one_line_error(tmp_path, closed_port):
     src = OpenAISource(f"http://127.0.0.1:{closed_port}/v1", "m", max_retries=1, timeout=5)
     out = tmp_path / "r.jsonl"
     t0 = time.monotonic()
@@ -182,7 +182,7 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
         load_rationales(tmp_path / "none.jsonl")
 
 
-def test_cli_generate_and_bad_input(stub_server, closed_port, tmp_path, capsys):
+def test_cli_generate_and_bad_input(stub_server, tmp_path, capsys, closed_port):
     task = write_task(mc_records(5), tmp_path / "task.jsonl")
     out = tmp_path / "r.jsonl"
     args = ["rationale", "generate", "--task", str(task), "--k-shot", "2", "-o", str(out)]

@@ -16,12 +16,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from rationale_fixtures import mc_records  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _tok():
