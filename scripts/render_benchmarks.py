@@ -174,8 +174,22 @@ def render_default_run(doc: dict) -> list[str]:
         *_table(["stage", "seconds"], [[k, v] for k, v in m["stage_seconds"].items()]), ""]
 
 
+def render_rationale(doc: dict) -> list[str]:
+    m = doc["metrics"]
+    rows = [["label only", m["acc_label_only"]], ["step-by-step (PaLM rationales)", m["acc_step_by_step"]],
+            [f"multi-teacher (PaLM + {m['teacher']['source']})", m["acc_multi_teacher"]],
+            [f"teacher {m['teacher']['source']}, {m['teacher']['k_shot']}-shot", m["acc_teacher"]]]
+    eff = [[d["fraction"], d["acc_label_only"], d["acc_step_by_step"]] for d in m["data_efficiency"]]
+    return [*_header(doc, "Rationale distillation on CommonsenseQA"), "",
+            f"Student `{m['student']}`, {m['train_subset']} training records, {m['test_questions']} test questions, "
+            f"{m['tokens_per_variant']} tokens per variant; accuracy = most likely choice after `[answer]`.", "",
+            *_table(["variant", "accuracy"], rows), "", *_table(["fraction of the subset", "label only",
+                                                                  "step-by-step"], eff), ""]
+
+
 RENDERERS = {"export": render_export, "prune": render_prune, "devices": render_devices, "distill": render_distill,
-             "onnx": render_onnx, "qad": render_qad, "default_run": render_default_run}
+             "onnx": render_onnx, "qad": render_qad, "default_run": render_default_run,
+             "rationale": render_rationale}
 
 
 def main() -> None:
