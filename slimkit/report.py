@@ -85,15 +85,29 @@ def pareto_png(rows: list[dict[str, Any]]) -> str | None:
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    speeds = [r.get("decode_tps") or 0.0 for r in pts]
-    sc = ax.scatter([r["file_mb"] for r in pts], [r["ppl"] for r in pts], c=speeds, cmap="viridis", s=60)
+    timed = [r for r in pts if r.get("decode_tps")]
+    untimed = [r for r in pts if not r.get("decode_tps")]
+    if timed:
+        sc = ax.scatter([r["file_mb"] for r in timed], [r["ppl"] for r in timed],
+                        c=[r["decode_tps"] for r in timed], cmap="viridis", s=60, zorder=3)
+        fig.colorbar(sc, label="decode tokens/s (measured here)")
+    if untimed:
+        ax.scatter([r["file_mb"] for r in untimed], [r["ppl"] for r in untimed], c="lightgray", edgecolors="gray",
+                   s=60, zorder=3, label="speed not measured")
+        ax.legend(fontsize=7)
+    front, best = [], float("inf")  # the Pareto front: no smaller file has a lower perplexity
+    for r in sorted(pts, key=lambda r: (r["file_mb"], r["ppl"])):
+        if r["ppl"] < best:
+            front.append(r)
+            best = r["ppl"]
+    ax.step([r["file_mb"] for r in front], [r["ppl"] for r in front], where="post", color="gray", lw=0.8, zorder=2)
     for r in pts:
         ax.annotate(Path(r["artifact"]).parent.name or r["artifact"], (r["file_mb"], r["ppl"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
-    fig.colorbar(sc, label="decode tokens/s (measured here)")
+    ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
-    ax.set_ylabel("perplexity")
-    ax.set_title("size vs perplexity")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title("size vs perplexity (line: Pareto front)")
     out = _png(fig)
     plt.close(fig)
     return out
