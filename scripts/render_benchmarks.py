@@ -154,6 +154,8 @@ def render_qad(doc: dict) -> list[str]:
         f"Training: `{t['command']}`.", "",
         *_table(["file", "ppl", "file MB"], rows), "",
         f"`recovery` = (ppl_ptq_q4_0 − ppl_qad_q4_0) / (ppl_ptq_q4_0 − ppl_fp) = **{m['recovery']}** (target ≥ 0.8).  ",
+        f"At the end of training, on held-out windows of the training text: KL(teacher ‖ fake-quant student) "
+        f"{t['final_eval']['kl_to_teacher']:.4f}, top-1 agreement {t['final_eval']['top1_agreement']:.3f}.  ",
         f"Export validation of the QAD file in llama.cpp against the fake-quant torch model: max |dlogit| "
         f"{v['max_abs_diff']:.4g} (tolerance {v['tolerance']:.4g}), top-1 agreement {v['top1_agreement']:.3f}.", ""]
 
