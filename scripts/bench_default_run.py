@@ -43,8 +43,7 @@ def main() -> None:
     evals, prof = st["eval"]["metrics"], st["profile"]["metrics"]
 
     def decode(path: Path) -> float:
-        tests = [t for t in prof[f"{path}@local"]["tests"] if t["n_gen"]]
-        return round(tests[0]["avg_ts"], 2)
+        return round(prof[f"{path}@local"]["summary"]["decode_tps"], 2)  # devices.profile.summarize
 
     s_tps, t_tps = decode(student), decode(teacher)
     write_result("default_run", {

@@ -20,6 +20,7 @@ interrupted benchmark continues where it stopped when started again.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -93,8 +94,6 @@ def main() -> None:
 
     ppl = {key: _ppl(path, args.windows) for key, path in files.items()}
     recovery = (ppl["ptq_q4_0"] - ppl["qad_q4_0"]) / (ppl["ptq_q4_0"] - ppl["fp"])
-    import json
-
     validation = json.loads((files["qad_q4_0"].with_name(files["qad_q4_0"].name + ".validation.json")).read_text())
     history = json.loads((qad_dir / "slimkit.json").read_text())
     write_result("qad", {

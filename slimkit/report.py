@@ -18,10 +18,10 @@ from compress.atomic import atomic_write
 
 
 def _decode_tps(record: dict[str, Any]) -> float | None:
+    """Decode tokens/s of a prediction, or of a measurement (devices.profile.summarize's headline)."""
     if record.get("kind") == "prediction":
         return record.get("decode_tps")
-    tests = [t for t in record.get("tests", []) if t.get("n_gen")]
-    return tests[0]["avg_ts"] if tests else None
+    return (record.get("summary") or {}).get("decode_tps")
 
 
 def artifact_rows(manifest: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
