@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.atomic import atomic_write
+from compress.checkpoint import file_sha256
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # optional public data
 
@@ -16,13 +17,11 @@ def tree_hash(path: Path) -> str | None:
     """sha256 over a file, or a directory's files (relative names + contents), skipping temporaries."""
     if not path.exists():
         return None
+    if path.is_file():
+        return file_sha256(path)
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
 
 

@@ -23,6 +23,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from compress.quant import kquants
+
 
 class BlockType(str, Enum):
     """Block formats implemented here (names as in gguf.GGMLQuantizationType)."""
@@ -279,14 +281,10 @@ def unpack(data: torch.Tensor, btype: BlockType | str) -> Codes:
 
 # ---- whole tensors ---------------------------------------------------------------------------
 
-def _k(btype: str) -> tuple[Callable, Callable]:
-    from compress.quant import kquants
-
-    return {"Q4_K": (kquants.quantize_q4_k, kquants.dequantize_q4_k),
-            "Q6_K": (kquants.quantize_q6_k, kquants.dequantize_q6_k)}[btype]
-
-
-_K_LAYOUTS = {"Q4_K": (256, 144), "Q6_K": (256, 210)}  # (QK_K, sizeof(block_q4_K) / block_q6_K)
+# K-quants (compress/quant/kquants.py): (block size, type size) and (quantize, dequantize)
+_K_LAYOUTS = {"Q4_K": kquants.Q4_K_LAYOUT, "Q6_K": kquants.Q6_K_LAYOUT}
+_K_FUNCS = {"Q4_K": (kquants.quantize_q4_k, kquants.dequantize_q4_k),
+            "Q6_K": (kquants.quantize_q6_k, kquants.dequantize_q6_k)}
 PACKED_TYPES = tuple(t.value for t in BlockType) + tuple(_K_LAYOUTS)  # every type the GGUF writer packs
 
 
@@ -294,14 +292,14 @@ def quantize(x: torch.Tensor, btype: BlockType | str) -> torch.Tensor:
     """Quantize along the last dim into GGUF block bytes (uint8), same leading shape."""
     name = _name(btype)
     if name in _K_LAYOUTS:
-        return _k(name)[0](x)
+        return _K_FUNCS[name][0](x)
     return pack(codes(x, name), name).reshape(*x.shape[:-1], -1)
 
 
 def dequantize(data: torch.Tensor, btype: BlockType | str, shape: tuple[int, ...]) -> torch.Tensor:
     name = _name(btype)
     if name in _K_LAYOUTS:
-        return _k(name)[1](data, tuple(shape))
+        return _K_FUNCS[name][1](data, tuple(shape))
     return values(unpack(data, name), name).reshape(shape)
 
 
