@@ -6,9 +6,7 @@ that verb's command line, checks every stage against the verb's own argument par
 work starts, and runs it as a `slimkit` subprocess with its log in the stage directory. So the
 recipe language is the CLI, and the logic stays in the library.
 
-A stage is `- KIND: {options}`; the keys `id` (the stage's name in the run directory, the
-manifest and `--set`; default: its kind), `input` (an earlier stage's id, or `teacher`) and
-`skip` belong to the pipeline, `devices` to profile stages; every other key is a CLI option.
+The recipe language (slimkit/recipe.py) is the CLI: each stage runs as its verb.
 
 Model flow: `load` sets the current model (and the teacher); prune, distill and qat replace the
 current model with their output checkpoint; export/eval/profile/package stages read the current
@@ -39,182 +37,13 @@ from typing import Any
 from compress.atomic import atomic_write
 from compress.errors import SlimkitError
 from slimkit import rundir
+from slimkit.recipe import NOT_LANDED, VERBS, Recipe, Stage, check_stage, load_recipe, option_argv
 from slimkit.rundir import Manifest, config_hash, tree_hash
 
-RECIPES = Path(__file__).resolve().parent / "recipes"
-# kind -> the CLI verb (argv prefix); how its input and output are passed
-VERBS: dict[str, list[str]] = {
-    "prune": ["prune"], "distill": ["distill"], "qat": ["qat"], "export-gguf": ["export", "gguf"],
-    "export-onnx": ["export", "onnx"], "eval": ["eval"], "profile": ["profile"],
-    "package-ollama": ["package", "ollama"], "rationale": ["rationale", "train"],
-}
+__all__ = ["load_recipe", "run"]
+
 MODEL_STAGES = ("prune", "distill", "qat", "rationale")  # their output replaces the current model
 TRAINING = ("distill", "qat", "rationale")
-NOT_LANDED: dict[str, str] = {}  # stage kinds whose verb has not landed yet: skipped with a warning
-PIPELINE_KEYS = ("kind", "id", "input", "skip", "devices")  # stage keys that are not CLI options
-
-
-@dataclass
-class Stage:
-    index: int
-    name: str
-    kind: str
-    options: dict[str, Any]
-    line: int  # line of the stage in the recipe file (1-based), for error messages
-    input: str | None = None
-    skip: bool = False
-    devices: list[str] = field(default_factory=lambda: ["local"])  # profile stages only
-
-    @property
-    def dirname(self) -> str:
-        return f"{self.index:02d}-{self.name}"
-
-
-@dataclass
-class Recipe:
-    path: str
-    source: str  # the load stage's model: the teacher
-    stages: list[Stage] = field(default_factory=list)
-
-
-# ---- recipe -> stages -------------------------------------------------------------------------
-
-def _stage_lines(text: str) -> list[int]:
-    import yaml
-
-    root = yaml.compose(text)
-    stages = next((v for k, v in root.value if k.value == "stages"), None) if root is not None else None
-    return [item.start_mark.line + 1 for item in getattr(stages, "value", [])]
-
-
-def load_recipe(path: str | Path | None, sets: list[str] = ()) -> Recipe:
-    """Parse a recipe (default: the embedded default.yaml) and apply --set overrides."""
-    import yaml
-
-    file = Path(path) if path else RECIPES / "default.yaml"
-    if not file.is_file():
-        named = RECIPES / f"{path}.yaml"
-        if not named.is_file():
-            raise SlimkitError(f"recipe {path} not found; give a YAML file or one of: "
-                               f"{', '.join(p.stem for p in sorted(RECIPES.glob('*.yaml')))}")
-        file = named
-    text = file.read_text()
-    try:
-        doc = yaml.safe_load(text)
-        lines = _stage_lines(text)
-    except yaml.YAMLError as exc:
-        raise SlimkitError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
-        raise SlimkitError(f"{file}: a recipe is a mapping with a non-empty `stages:` list")
-    stages = [_stage(file, i, raw, lines[i] if i < len(lines) else 0) for i, raw in enumerate(doc["stages"])]
-    names = [s.name for s in stages]
-    for s in stages:
-        if names.count(s.name) > 1:
-            s.name = f"{s.name}-{s.index}"
-    _apply_sets(stages, sets, file)
-    loads = [s for s in stages if s.kind == "load"]
-    if len(loads) != 1 or stages[0].kind != "load":
-        raise SlimkitError(f"{file}: the first stage must be the only `load` stage (e.g. `- load: {{source: NAME}}`)")
-    return Recipe(str(file), str(loads[0].options.get("source", "")), stages)
-
-
-def _stage(file: Path, i: int, raw: Any, line: int) -> Stage:
-    where = f"{file}:{line}"
-    if isinstance(raw, dict) and len(raw) == 1 and "kind" not in raw:
-        (kind, options), = raw.items()
-        options = dict(options or {})
-    elif isinstance(raw, dict) and "kind" in raw:
-        options = dict(raw)
-        kind = options.pop("kind")
-    else:
-        raise SlimkitError(f"{where}: a stage is `- KIND: {{options}}` or a mapping with `kind:`")
-    kind = str(kind).replace("_", "-").replace(" ", "-")
-    if kind not in VERBS and kind != "load" and kind not in NOT_LANDED:
-        raise SlimkitError(f"{where}: unknown stage {kind!r}; stages: load, {', '.join(VERBS)}, {', '.join(NOT_LANDED)}")
-    name = str(options.pop("id", kind))
-    options = {str(k).replace("_", "-"): v for k, v in options.items()}
-    stage = Stage(i, name, kind, options, line, options.pop("input", None), bool(options.pop("skip", False)))
-    if kind == "profile":
-        devices = options.pop("devices", options.pop("device", ["local"]))
-        stage.devices = [str(d) for d in (devices if isinstance(devices, list) else [devices])]
-    return stage
-
-
-def _apply_sets(stages: list[Stage], sets: list[str], file: Path) -> None:
-    import yaml
-
-    for item in sets:
-        key, sep, value = item.partition("=")
-        stage_name, dot, option = key.partition(".")
-        if not sep or not dot or not option:
-            raise SlimkitError(f"--set {item!r}: expected STAGE.OPTION=VALUE, e.g. distill.tokens=200000")
-        matches = [s for s in stages if s.name == stage_name]
-        if not matches:
-            raise SlimkitError(f"--set {item!r}: no stage named {stage_name!r} in {file} "
-                               f"(stages: {', '.join(s.name for s in stages)})")
-        parsed = yaml.safe_load(value) if value else ""
-        option = option.replace("_", "-")
-        for s in matches:
-            if option == "skip":
-                s.skip = bool(parsed)
-            elif option == "input":
-                s.input = str(parsed)
-            else:
-                s.options[option] = parsed
-
-
-# ---- stage -> command line ---------------------------------------------------------------------
-
-def _flag_actions(verb: list[str]) -> dict[str, Any]:
-    """--flag -> argparse action of the verb's own parser."""
-    from slimkit.cli import build_parser
-
-    parser = build_parser()
-    for word in verb:
-        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")  # noqa: SLF001
-        parser = sub.choices[word]
-    return {opt: a for a in parser._actions for opt in a.option_strings}  # noqa: SLF001
-
-
-def option_argv(stage: Stage, file: str) -> list[str]:
-    """The stage's options as the verb's flags; unknown options fail naming the recipe line."""
-    actions = _flag_actions(VERBS[stage.kind])
-    argv: list[str] = []
-    for key, value in stage.options.items():
-        flag = f"--{key}"
-        action = actions.get(flag)
-        if action is None or flag in ("--output", "--help"):
-            known = sorted(f[2:] for f in actions if f.startswith("--") and f not in ("--help", "--output"))
-            raise SlimkitError(f"{file}:{stage.line}: stage {stage.name!r} ({stage.kind}) has no option {key!r}; "
-                               f"options: {', '.join(known)}")
-        kind = action.__class__.__name__
-        if kind in ("_StoreTrueAction", "_StoreFalseAction"):
-            if value:
-                argv.append(flag)
-        elif kind == "_AppendAction":
-            for v in value if isinstance(value, list) else [value]:
-                argv += [flag, str(v)]
-        elif isinstance(value, list):
-            argv += [flag, *(str(v) for v in value)]
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv
-
-
-def check_argv(verb: list[str], argv: list[str], where: str) -> None:
-    """Parse with the verb's own parser (types, choices, required flags) without running it."""
-    import contextlib
-    import io
-
-    from slimkit.cli import build_parser
-
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            build_parser().parse_args([*verb, *argv])
-    except SystemExit:
-        message = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "invalid options"
-        raise SlimkitError(f"{where}: {message.split(': error: ', 1)[-1]}") from None
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -322,7 +151,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False, log=print) -> dict[
     fallback_text = rundir.resolve_paths(recipe, run_dir, log)
     for i, stage in enumerate(recipe.stages):  # every stage is checked before any work starts
         if stage.kind in VERBS and not stage.skip:
-            _check_stage(stage, [s.name for s in recipe.stages[:i]], recipe.path)
+            check_stage(stage, [s.name for s in recipe.stages[:i]], recipe.path)
     run_dir.mkdir(parents=True, exist_ok=True)
     if fallback_text is not None and not fallback_text.is_file():
         rundir.sample_text(recipe.source, fallback_text, log)
@@ -334,22 +163,6 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False, log=print) -> dict[
     manifest.doc["wall_seconds"] = round(time.perf_counter() - start, 1)
     manifest.put("_run", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return manifest.doc
-
-
-def _check_stage(stage: Stage, earlier: list[str], file: str) -> None:
-    """Options, types and choices against the verb's own parser, with placeholder paths."""
-    where = f"{file}:{stage.line}"
-    if stage.input is not None and stage.input not in ("teacher", "load", *earlier):
-        raise SlimkitError(f"{where}: stage {stage.name!r}: input {stage.input!r} is not an earlier stage")
-    out = [] if stage.kind in ("eval", "profile") else ["-o", "OUT"]
-    check_argv(VERBS[stage.kind], ["IN", *out, *option_argv(stage, file)], where)
-    if stage.kind == "profile":
-        from devices.specs import profile_names
-
-        unknown = [d for d in stage.devices if d not in ("local", "profiles", *profile_names()) and "://" not in d]
-        if unknown:
-            raise SlimkitError(f"{where}: unknown device {unknown[0]!r}; devices: local, profiles (all), "
-                               f"{', '.join(profile_names())}, ssh://..., adb://...")
 
 
 def _advance(stage: Stage, state: _State, output: Path) -> None:

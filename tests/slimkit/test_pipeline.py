@@ -159,7 +159,7 @@ def test_set_overrides_and_default_recipe_is_valid(tmp_path):
     by = {s.name: s for s in recipe.stages}
     assert recipe.source == "smollm2-135m-instruct"
     assert by["distill"].options["tokens"] == 1000 and by["qat"].options["plan"] == "q5_0" and by["profile"].skip
-    from slimkit.pipeline import _check_stage
+    from slimkit.recipe import check_stage as _check_stage
 
     for i, s in enumerate(recipe.stages):  # every default stage parses with its verb's own parser
         if s.kind not in ("load",):
