@@ -12,11 +12,13 @@ same steps, batch and seed (`slimkit rationale train`):
   data_efficiency    label-only and step-by-step at 25% and 100% of the subset (same steps)
 Accuracy keys report the choice accuracy (multiple choice); exact match is recorded beside it.
 
-Cost: training is --tokens per variant (5 runs); teacher rationales take seconds per record on
-CPU. Every stage writes under --work and is skipped when its output exists, so an interrupted
-benchmark continues where it stopped.
+Cost: every variant trains --steps optimizer steps of --batch-size examples (one example per window;
+the trainer drops the right padding no example reaches); evaluation scores all 1221 test questions per
+variant; teacher rationales take seconds per record on CPU. --jobs 2 runs two stages at a time with one
+thread each (on a 2-core machine that beats one stage on two contended threads). Every stage writes
+under --work and is skipped when its output exists, so an interrupted benchmark continues where it stopped.
 
-    .venv/bin/python scripts/bench_rationale.py [--subset 1000] [--tokens 400000] [--work build/bench_rationale]
+    .venv/bin/python scripts/bench_rationale.py [--subset 500] [--steps 40] [--jobs 2] [--work build/bench_rationale]
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import random
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,10 +38,15 @@ from scripts.benchlib import SHARED_DATA, write_result  # noqa: E402
 STUDENT = "smollm2-135m-instruct"
 
 
-def _slimkit(*args: str) -> None:
+def _env(a: argparse.Namespace) -> dict[str, str]:
+    return {**os.environ, **({"OMP_NUM_THREADS": "1"} if a.jobs > 1 else {})}
+
+
+def _slimkit(a: argparse.Namespace, *args: str, log: Path | None = None) -> str:
     cmd = [str(Path(sys.executable).parent / "slimkit"), *args]
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    with open(log, "a") if log else open(os.devnull, "w") as err:
+        return subprocess.run(cmd, check=True, env=_env(a), stdout=subprocess.PIPE, stderr=err, text=True).stdout
 
 
 def _subset(work: Path, records: list, n: int, seed: int = 0) -> Path:
@@ -52,23 +60,26 @@ def _subset(work: Path, records: list, n: int, seed: int = 0) -> Path:
 
 
 def _train_and_eval(work: Path, name: str, task: Path, teachers: list[str], rationales: list[Path],
-                    a: argparse.Namespace) -> dict:
+                    a: argparse.Namespace, after: Future | None = None) -> dict:
     out, result = work / name, work / f"{name}.eval.json"
     if not result.is_file():
+        if after is not None:
+            after.result()  # e.g. the teacher's rationales
         if not (out / "slimkit.json").is_file():
-            _slimkit("rationale", "train", STUDENT, "--task", str(task), "-o", str(out), "--tokens", str(a.tokens),
-                     "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--seed", "0",
-                     "--save-every", "20", "--resume", *(["--teacher-name", *teachers] if teachers else []),
-                     *(["--rationales", *map(str, rationales)] if rationales else []))
-        proc = subprocess.run([str(Path(sys.executable).parent / "slimkit"), "eval", str(out), "--task", "cqa",
-                               "--split", "test", *(["--limit", str(a.test_limit)] if a.test_limit else []), "--json"],
-                              check=True, capture_output=True, text=True)
-        result.write_text(proc.stdout)
+            _slimkit(a, "rationale", "train", STUDENT, "--task", str(task), "-o", str(out),
+                     "--tokens", str(a.steps * a.batch_size * a.seq_len), "--seq-len", str(a.seq_len),
+                     "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--seed", "0", "--save-every", "10",
+                     "--resume", *(["--teacher-name", *teachers] if teachers else []),
+                     *(["--rationales", *map(str, rationales)] if rationales else []), log=work / f"{name}.log")
+        stdout = _slimkit(a, "eval", str(out), "--task", "cqa", "--split", "test",
+                          *(["--limit", str(a.test_limit)] if a.test_limit else []), "--json", log=work / f"{name}.log")
+        result.write_text(stdout)
     return json.loads(result.read_text())
 
 
 def _teacher_few_shot(work: Path, a: argparse.Namespace, train: list, test: list) -> dict:
-    """The local teacher answering the test questions after k solved training examples."""
+    """The local teacher answering the test questions after k solved training examples: one seeded set of
+    examples for every question (a fixed k-shot prompt, whose prefix llama.cpp keeps in its KV cache)."""
     out = work / "teacher.eval.json"
     if out.is_file():
         return json.loads(out.read_text())
@@ -78,27 +89,25 @@ def _teacher_few_shot(work: Path, a: argparse.Namespace, train: list, test: list
     from compress.rationale.train import problem_text
 
     source = make_source(a.teacher, max_tokens=12, chat=False)
-    rng = random.Random(0)
-    correct = 0
-    for r in test:
-        shots = rng.sample(train, a.k_shot)
-        text = "".join(f"{problem_text(s)}Answer: {answer_text(s)}\n\n" for s in shots) + f"{problem_text(r)}Answer:"
-        correct += answer_matches(r, source.generate(Prompt("", text), r))
-    result = {"n": len(test), "exact_match": correct / len(test)}
+    shots = random.Random(0).sample(train, a.k_shot)
+    prefix = "".join(f"{problem_text(s)}Answer: {answer_text(s)}\n\n" for s in shots)
+    correct = sum(answer_matches(r, source.generate(Prompt("", prefix + f"{problem_text(r)}Answer:"), r)) for r in test)
+    result = {"n": len(test), "exact_match": correct / len(test), "shots": [s.id for s in shots]}
     out.write_text(json.dumps(result))
     return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--subset", type=int, default=1000, help="training records (seeded sample of cqa train)")
-    ap.add_argument("--tokens", type=int, default=400_000, help="training tokens per variant (padded windows)")
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--subset", type=int, default=500, help="training records (seeded sample of cqa train)")
+    ap.add_argument("--steps", type=int, default=40, help="optimizer steps per variant (the same for every variant)")
+    ap.add_argument("--seq-len", type=int, default=256, help="window; longer examples are left out and counted")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--teacher", default="gemma3-270m", help="local GGUF teacher for multi-teacher rationales")
     ap.add_argument("--k-shot", type=int, default=4)
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test questions (default all)")
+    ap.add_argument("--jobs", type=int, default=2, help="stages run at once (one thread each when > 1)")
     ap.add_argument("--work", type=Path, default=Path("build/bench_rationale"))
     a = ap.parse_args()
     if not (SHARED_DATA / "rationale" / "cqa").is_dir():
@@ -113,23 +122,34 @@ def main() -> None:
     full = _subset(work, train_all, a.subset)
     quarter = _subset(work, load_task(str(full), "train").records, a.subset // 4)
     gen = work / f"rationales-{Path(a.teacher).stem}.jsonl"
-    _slimkit("rationale", "generate", "--task", str(full), "--teacher", a.teacher, "--name", "local",
-             "--k-shot", str(a.k_shot), "-o", str(gen))  # resumes: only missing records are generated
-    v = {
-        "label_only": _train_and_eval(work, "label_only", full, [], [], a),
-        "step_by_step": _train_and_eval(work, "step_by_step", full, ["palm"], [], a),
-        "multi_teacher": _train_and_eval(work, "multi_teacher", full, ["palm", "local"], [gen], a),
-        "label_only_25": _train_and_eval(work, "label_only_25", quarter, [], [], a),
-        "step_by_step_25": _train_and_eval(work, "step_by_step_25", quarter, ["palm"], [], a),
-    }
-    teacher = _teacher_few_shot(work, a, train_all, test)
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        # resumes: only records missing from the cache are generated
+        generated = pool.submit(_slimkit, a, "rationale", "generate", "--task", str(full), "--teacher", a.teacher,
+                                "--name", "local", "--k-shot", str(a.k_shot), "-o", str(gen), log=work / "generate.log")
+        jobs = {
+            "label_only": pool.submit(_train_and_eval, work, "label_only", full, [], [], a),
+            "step_by_step": pool.submit(_train_and_eval, work, "step_by_step", full, ["palm"], [], a),
+            "label_only_25": pool.submit(_train_and_eval, work, "label_only_25", quarter, [], [], a),
+            "step_by_step_25": pool.submit(_train_and_eval, work, "step_by_step_25", quarter, ["palm"], [], a),
+        }
+        teacher_job = pool.submit(_teacher_few_shot, work, a, train_all, test)
+        # last, so that no worker sits waiting for the rationales while other stages could run
+        jobs["multi_teacher"] = pool.submit(_train_and_eval, work, "multi_teacher", full, ["palm", "local"], [gen], a,
+                                            generated)
+        v = {k: f.result() for k, f in jobs.items()}
+        teacher = teacher_job.result()
+    from compress.rationale.generate import read_cache
+
+    cache = read_cache(gen)
+    consistent = sum(1 for e in cache if e.get("consistent") and e.get("rationale"))
 
     def acc(r: dict) -> float:
         return round(r.get("choice_accuracy", r["exact_match"]), 4)
 
     write_result("rationale", {
         "student": STUDENT, "task": "cqa", "train_subset": a.subset, "test_questions": len(test),
-        "tokens_per_variant": a.tokens, "seq_len": a.seq_len, "batch_size": a.batch_size, "lr": a.lr,
+        "steps_per_variant": a.steps, "batch_size": a.batch_size, "seq_len": a.seq_len, "lr": a.lr, "seed": 0,
+        "local_rationales": {"generated": len(cache), "consistent": consistent, "k_shot": a.k_shot},
         "acc_label_only": acc(v["label_only"]), "acc_step_by_step": acc(v["step_by_step"]),
         "acc_multi_teacher": acc(v["multi_teacher"]), "acc_teacher": round(teacher["exact_match"], 4),
         "data_efficiency": [
@@ -137,7 +157,7 @@ def main() -> None:
             {"fraction": 1.0, "acc_label_only": acc(v["label_only"]), "acc_step_by_step": acc(v["step_by_step"])}],
         "exact_match": {k: round(r["exact_match"], 4) for k, r in v.items()},
         "teacher": {"source": a.teacher, "k_shot": a.k_shot, "metric": "exact match of the few-shot answer"},
-        "wall_seconds": round(time.perf_counter() - start, 1), "load_avg": os.getloadavg(),
+        "wall_seconds": round(time.perf_counter() - start, 1), "jobs": a.jobs, "load_avg": os.getloadavg(),
     })
 
 

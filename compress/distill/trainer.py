@@ -145,6 +145,15 @@ def _open_caches(teachers: Sequence[Teacher], train: torch.Tensor, heldout: torc
     return caches, eval_cache
 
 
+def trim_padding(ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the trailing columns that carry no weight in any row of a prompt -> target batch. The
+    model is causal, so the kept positions' logits and the loss are unchanged; only the compute of
+    right padding is saved (one example per window: most of a window is padding)."""
+    used = torch.nonzero(weights.ne(0).any(0))
+    n = int(used[-1]) + 1 if used.numel() else 1
+    return ids[:, :n], weights[:, :n]
+
+
 @torch.no_grad()
 def evaluate(student: Any, teacher: Teacher | None, eval_cache: Any, heldout: torch.Tensor, cfg: DistillConfig,
              dist: Dist, autocast: Callable[[], Any], heldout_weights: torch.Tensor | None = None) -> dict[str, float]:
@@ -155,12 +164,15 @@ def evaluate(student: Any, teacher: Teacher | None, eval_cache: Any, heldout: to
     was_training = student.training
     student.eval()
     for i in range(dist.rank, windows.shape[0], dist.world):
-        ids = windows[i:i + 1].to(dist.device)
+        ids = windows[i:i + 1]
+        if heldout_weights is not None:
+            ids = trim_padding(ids, heldout_weights[i:i + 1])[0]
+        ids = ids.to(dist.device)
         with autocast():
             s = student(input_ids=ids, use_cache=False).logits[:, :-1].float()
         n = s.shape[1]
         if heldout_weights is not None:  # prompt -> target examples: score the targets only
-            mask = heldout_weights[i:i + 1, 1:].to(dist.device) > 0
+            mask = heldout_weights[i:i + 1, 1:ids.shape[1]].to(dist.device) > 0
             n = int(mask.sum())
             sums[0] += float(losses.cross_entropy(s, ids[:, 1:], mask)) * n
         else:
@@ -266,8 +278,11 @@ class _Run:
         pos = micro_positions(step, micro, self.dist.rank, self.dist.world, self.cfg)
         idx = window_order(pos, self.train_windows.shape[0], self.cfg.seed)
         cached = [c.get(idx).to(self.dist.device) if c is not None else None for c in self.caches]
-        weights = self.train_weights[idx].to(self.dist.device) if self.train_weights is not None else None
-        return self.train_windows[idx].to(self.dist.device), cached, weights
+        ids = self.train_windows[idx]
+        weights = self.train_weights[idx] if self.train_weights is not None else None
+        if weights is not None and all(c is None for c in cached):
+            ids, weights = trim_padding(ids, weights)
+        return ids.to(self.dist.device), cached, weights.to(self.dist.device) if weights is not None else None
 
     def _step(self, step: int) -> dict[str, float]:
         parts: dict[str, float] = {}

@@ -1,6 +1,7 @@
 """Rationale distillation training (multi-task prefixes, weighted loss) and task evaluation."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -79,3 +80,66 @@ def test_train_and_evaluate_a_tiny_student(tmp_path):
     assert json.loads(proc.stdout)["n"] == 3
     bad = subprocess.run([sys.executable, "-m", "slimkit.cli", "eval", str(res.out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "--task" in bad.stderr
+
+
+def _reference_greedy(model, prompt, eos, max_new):
+    tokens, ids = [], list(prompt)
+    with torch.no_grad():
+        while len(tokens) < max_new:
+            nxt = int(model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax())
+            if nxt in eos:
+                break
+            tokens.append(nxt)
+            ids.append(nxt)
+    return tokens
+
+
+def _reference_score(model, prompt, target):
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([prompt + target]), use_cache=False).logits[0].float().log_softmax(-1)
+    return float(sum(logp[len(prompt) - 1 + j, t] for j, t in enumerate(target)))
+
+
+def test_greedy_and_scores_match_plain_decoding_and_scoring():
+    """The shared-prompt, batched evaluation gives what one full forward per choice and token-by-token
+    greedy decoding without a cache give, both when greedy decoding runs on and when it ends on a choice."""
+    from conftest import tiny_llama
+
+    from compress.rationale.evaluate import greedy_and_scores
+
+    model = tiny_llama(seed=3).model.eval()
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, 100, (9,), generator=g).tolist()
+    free = _reference_greedy(model, prompt, set(), 6)
+    targets = [torch.randint(3, 100, (n,), generator=g).tolist() for n in (2, 4, 3)]
+    # greedy decoding runs past every target: token-by-token decoding on the cache
+    tokens, scores = greedy_and_scores(model, prompt, targets, set(), max_new_tokens=6)
+    assert tokens == free and len(free) == 6
+    assert scores == pytest.approx([_reference_score(model, prompt, t) for t in targets], abs=1e-4)
+    # greedy decoding produces the last target, then EOS: the batched scoring pass is the decode
+    eos = {free[3]}
+    assert free[3] not in free[:3]  # the seed's greedy path: EOS is not reached earlier
+    targets.append(free[:3])
+    tokens, scores = greedy_and_scores(model, prompt, targets, eos, max_new_tokens=6)
+    assert tokens == free[:3] == _reference_greedy(model, prompt, eos, 6)
+    assert scores == pytest.approx([_reference_score(model, prompt, t) for t in targets], abs=1e-4)
+    assert greedy_and_scores(model, prompt, targets, eos, max_new_tokens=3)[0] == free[:3]  # the length cap
+
+
+def test_trim_padding_keeps_the_loss_and_drops_only_unweighted_columns():
+    from conftest import tiny_llama
+
+    from compress.distill.objective import DistillModule, compute_loss
+    from compress.distill.trainer import trim_padding
+
+    tok = _tok()
+    corpus, _ = build_corpus(mc_records(8), {}, {"palm": 1.0}, tok, seq_len=256, heldout_fraction=0)
+    ids, w = corpus.train[:4], corpus.train_weights[:4]
+    short_ids, short_w = trim_padding(ids, w)
+    last = max(int(row.nonzero()[-1]) for row in w)
+    assert short_ids.shape[1] == last + 1 < 256 and torch.equal(short_ids, ids[:, :last + 1])
+    module = DistillModule(tiny_llama(seed=2).model, [])
+    full = compute_loss(module, [], ids, [], 1.0, 0, contextlib.nullcontext, w).total
+    trimmed = compute_loss(module, [], short_ids, [], 1.0, 0, contextlib.nullcontext, short_w).total
+    assert float(trimmed.detach()) == pytest.approx(float(full.detach()), rel=1e-5)
+    assert trim_padding(ids[:1, :4], torch.zeros(1, 4))[0].shape == (1, 1)  # nothing weighted: one column
