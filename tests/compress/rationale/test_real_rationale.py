@@ -20,9 +20,11 @@ def test_smollm2_server_explains_three_cqa_answers(tmp_path, capsys):
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] not installed (extra `rationale`)")
     model = zoo_path("smollm2-135m-instruct")
     out = tmp_path / "smollm2.jsonl"
+    # a generous timeout: run at nice 19 beside a benchmark on 2 cores, one of the three records failed with
+    # the default 60 s per request (and 2 retries)
     with serve_gguf(model, tmp_path / "server.log") as url:
         code = main(["rationale", "generate", "--task", "cqa", "--limit", "3", "--teacher", f"{url}#smollm2",
-                     "--max-tokens", "64", "--concurrency", "2", "-o", str(out)])
+                     "--max-tokens", "64", "--concurrency", "2", "--timeout", "600", "-o", str(out)])
     assert code == 0, capsys.readouterr().err
     summary = capsys.readouterr().out
     lines = [json.loads(line) for line in out.read_text().splitlines()]
