@@ -172,16 +172,18 @@ def _from_gguf(path: Path, meta: dict[str, Any], tensors: list[tuple[str, list[i
 
 
 def _onnx_config(model_dir: Path) -> dict[str, Any] | None:
-    """Architecture numbers from genai_config.json (slimkit export onnx) or a HF config.json."""
-    genai, hf = model_dir / "genai_config.json", model_dir / "config.json"
+    """Architecture numbers from genai_config.json (slimkit export onnx; the FFN width and the exact parameter
+    count from its slimkit_onnx.json) or a HF config.json."""
+    genai, hf, info = model_dir / "genai_config.json", model_dir / "config.json", model_dir / "slimkit_onnx.json"
     try:
         if genai.is_file():
             m = json.loads(genai.read_text())["model"]
             d = m["decoder"]
+            extra = json.loads(info.read_text()).get("model", {}) if info.is_file() else {}
             return {"file": d.get("filename", "model.onnx"), "arch": m.get("type", "unknown"),
                     "n_embd": d["hidden_size"], "n_layers": d["num_hidden_layers"], "n_head": d["num_attention_heads"],
                     "n_head_kv": d.get("num_key_value_heads", d["num_attention_heads"]), "head_dim": d["head_size"],
-                    "vocab": m["vocab_size"], "inter": None}
+                    "vocab": m["vocab_size"], "inter": extra.get("intermediate_size"), "n_params": extra.get("n_params")}
         if hf.is_file():
             c = json.loads(hf.read_text())
             c = c.get("text_config", c)
@@ -216,6 +218,7 @@ def _describe_onnx(model_dir: Path) -> ArtifactInfo:
     return ArtifactInfo(
         path=str(model_dir), format="onnx", file_type="onnx", file_bytes=size, arch=str(cfg["arch"]),
         n_layers=n_layers, n_embd=n_embd, n_head=cfg["n_head"], n_head_kv=cfg["n_head_kv"], head_dim=hd,
-        n_vocab=cfg["vocab"], n_params=matmul + output if matmul else 0, weight_bytes=weight_bytes,
+        n_vocab=cfg["vocab"], n_params=cfg.get("n_params") or (matmul + output if matmul else 0),
+        weight_bytes=weight_bytes,
         decode_bytes=weight_bytes, matmul_params=matmul, output_params=output,
         weight_bytes_by_type={"onnx": weight_bytes})

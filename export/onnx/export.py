@@ -63,8 +63,12 @@ def _hf_dir(ckpt: Checkpoint, work: Path, loaded_here: bool) -> Path:
 def _write_sidecars(ckpt: Checkpoint, out: Path, cfg: OnnxExportConfig, log: str) -> None:
     ckpt.model.generation_config.to_json_file(out / "generation_config.json")
     builder_lines = [ln for ln in log.splitlines() if ln.startswith(("WARNING", "GroupQueryAttention"))]
+    config = ckpt.model.config.get_text_config()
+    # what genai_config.json leaves out and devices.artifact needs (the FFN width, the exact parameter count)
+    model = {"n_params": sum(t.numel() for t in ckpt.model.parameters()),  # tied weights once
+             "intermediate_size": config.intermediate_size, "tie_word_embeddings": bool(config.tie_word_embeddings)}
     info = {"export": cfg.to_dict(), "builder": "onnxruntime-genai model builder", "builder_notes": builder_lines,
-            "versions": _versions(), "source": ckpt.history}
+            "versions": _versions(), "model": model, "source": ckpt.history}
     (out / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
 
 

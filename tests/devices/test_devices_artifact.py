@@ -59,3 +59,13 @@ def test_onnx_dir_sizes_with_and_without_config(tmp_path):
     info = describe(d / "model.onnx")
     assert info.n_layers == 2 and info.head_dim == 16 and info.kv_bytes(10) == 2 * 2 * 10 * 2 * 16 * 2
     assert info.weight_bytes == 10000 and info.matmul_params == 2 * (64 * 16 * 12 + 3 * 64 * 128)
+    # slimkit's own export: genai_config.json, with the FFN width and the parameter count in slimkit_onnx.json
+    (d / "config.json").unlink()
+    (d / "genai_config.json").write_text(json.dumps({"model": {"type": "llama", "vocab_size": 100, "decoder": {
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_size": 16}}}))
+    genai = describe(d)
+    assert genai.matmul_params == 0 and genai.n_params == 0  # without slimkit_onnx.json: no FFN width
+    (d / "slimkit_onnx.json").write_text(json.dumps({"model": {"n_params": 12345, "intermediate_size": 128}}))
+    genai = describe(d)
+    assert genai.matmul_params == info.matmul_params and genai.n_params == 12345 and genai.n_layers == 2

@@ -86,6 +86,13 @@ def test_export_precision(llama_dir, fp32_export, tmp_path, precision):
     assert info["export"]["precision"] == precision and info["source"]["stages"] == []
     genai = json.loads((out / "genai_config.json").read_text())
     assert genai["model"]["decoder"]["num_hidden_layers"] == 2
+    from conftest import tiny_llama
+
+    from devices.artifact import describe
+
+    described = describe(out)  # the device profiler counts the exported model's parameters
+    assert described.n_params == info["model"]["n_params"] == sum(p.numel() for p in tiny_llama().model.parameters())
+    assert described.matmul_params == 2 * (64 * 16 * 12 + 3 * 64 * 128)
 
 
 def test_int4_block_size(llama_dir, tmp_path):
