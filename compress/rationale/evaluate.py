@@ -3,10 +3,7 @@
 
 - exact match: greedy generation after the answer prompt, parsed with the task's answer parser;
 - choice accuracy (multiple choice): the choice whose answer text " (x) choice" has the highest
-  log-likelihood after the prompt (summed over its tokens), as lm-eval-harness scores choices;
-- cloze accuracy (multiple choice): the same with only the choice's own words scored (the tokens after
-  " (x)", given it). A student that has not learned the task often puts most of its probability on one
-  letter; this score is free of that letter bias.
+  log-likelihood after the prompt (summed over its tokens), as lm-eval-harness scores choices.
 """
 from __future__ import annotations
 
@@ -33,16 +30,16 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 @torch.no_grad()
 def greedy_and_scores(model: Any, prompt: list[int], targets: list[list[int]], eos: set[int],
-                      max_new_tokens: int) -> tuple[list[int], list[list[float]]]:
-    """The greedy continuation of PROMPT (up to EOS or MAX_NEW_TOKENS) and the log-probability of each
-    token of each of TARGETS after it. The prompt is run once: the targets are scored as one batch on a copy of
+                      max_new_tokens: int) -> tuple[list[int], list[float]]:
+    """The greedy continuation of PROMPT (up to EOS or MAX_NEW_TOKENS) and the summed log-likelihood of
+    each of TARGETS after it. The prompt is run once: the targets are scored as one batch on a copy of
     its KV cache (right-padded; the model is causal, so padding never reaches a scored position). When
     greedy decoding would produce a target and then stop (argmax = each of its tokens, then EOS), that
     scoring pass already is the greedy decode; otherwise it decodes token by token on the cache. A CPU
     decode step costs a whole memory-bound forward, so this saves most of the time on trained students."""
     out = model(input_ids=torch.tensor([prompt]), use_cache=True)
     cache, last = out.past_key_values, out.logits[0, -1].float()
-    scores: list[list[float]] = []
+    scores: list[float] = []
     if targets:
         ids = torch.zeros((len(targets), max(map(len, targets))), dtype=torch.long)
         for i, t in enumerate(targets):
@@ -52,7 +49,7 @@ def greedy_and_scores(model: Any, prompt: list[int], targets: list[list[int]], e
         logits = model(input_ids=ids, past_key_values=batch_cache, use_cache=True).logits.float()
         # position 0 (the prompt's last logits) predicts each target's first token, position j + 1 what follows token j
         logp = torch.cat([last.expand(len(targets), 1, -1), logits], 1).log_softmax(-1)
-        scores = [logp[i, torch.arange(len(t)), torch.tensor(t)].tolist() for i, t in enumerate(targets)]
+        scores = [float(logp[i, torch.arange(len(t)), torch.tensor(t)].sum()) for i, t in enumerate(targets)]
         best = logp.argmax(-1)
         for i, t in enumerate(targets):
             if len(t) < max_new_tokens and best[i, :len(t)].tolist() == t and int(best[i, len(t)]) in eos:
@@ -68,21 +65,15 @@ def greedy_and_scores(model: Any, prompt: list[int], targets: list[list[int]], e
 
 
 def answer_and_choice_scores(model: Any, tokenizer: Any, record: TaskRecord, bos: bool, max_new_tokens: int,
-                             eos: set[int]) -> tuple[str, list[float], list[float]]:
-    """The greedy answer after the `[answer]` prompt, the log-likelihood of each choice's answer text
-    " (x) choice", and that of its words alone (given " (x)")."""
-    targets, letters = [], []
-    for i, choice in enumerate(record.choices or ()):
+                             eos: set[int]) -> tuple[str, list[float]]:
+    """The greedy answer after the `[answer]` prompt, and the log-likelihood of each choice's answer text."""
+    targets = []
+    for choice in record.choices or ():
         option = TaskRecord(record.id, record.question, choice, record.choices, record.context)
-        text = answer_text(option)
-        targets.append(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
-        letter = tokenizer(" " + text[:len(text) - len(choice)].rstrip(), add_special_tokens=False)["input_ids"]
-        # the letter's tokens, when the answer text's tokenization starts with them (else nothing is left out)
-        letters.append(len(letter) if targets[-1][:len(letter)] == letter and len(letter) < len(targets[-1]) else 0)
-    tokens, logps = greedy_and_scores(model, _ids(tokenizer, answer_prompt(record), bos), targets, eos,
-                                      max_new_tokens)
-    return (tokenizer.decode(tokens, skip_special_tokens=True), [sum(lp) for lp in logps],
-            [sum(lp[n:]) for lp, n in zip(logps, letters)])
+        targets.append(tokenizer(" " + answer_text(option), add_special_tokens=False)["input_ids"])
+    tokens, scores = greedy_and_scores(model, _ids(tokenizer, answer_prompt(record), bos), targets, eos,
+                                       max_new_tokens)
+    return tokenizer.decode(tokens, skip_special_tokens=True), scores
 
 
 @torch.no_grad()
@@ -91,7 +82,7 @@ def evaluate_task(model: Any, tokenizer: Any, records: Sequence[TaskRecord], max
     """{"exact_match", "choice_accuracy" (multiple choice only), "n"} on RECORDS."""
     model.eval()
     bos, eos = adds_bos(tokenizer), _eos_ids(model, tokenizer)
-    exact = choice = cloze = 0
+    exact = choice = 0
     mc = [r for r in records if r.choices]
     it = records
     if progress:
@@ -99,14 +90,11 @@ def evaluate_task(model: Any, tokenizer: Any, records: Sequence[TaskRecord], max
 
         it = tqdm(records, desc="eval", unit="q", dynamic_ncols=True)
     for r in it:
-        text, scores, words = answer_and_choice_scores(model, tokenizer, r, bos, max_new_tokens, eos)
+        text, scores = answer_and_choice_scores(model, tokenizer, r, bos, max_new_tokens, eos)
         exact += answer_matches(r, text)
         if r.choices:
-            gold = list(r.choices).index(r.answer)
-            choice += int(max(range(len(scores)), key=scores.__getitem__) == gold)
-            cloze += int(max(range(len(words)), key=words.__getitem__) == gold)
+            choice += int(max(range(len(scores)), key=scores.__getitem__) == list(r.choices).index(r.answer))
     result: dict[str, Any] = {"n": len(records), "exact_match": exact / max(len(records), 1)}
     if mc:
         result["choice_accuracy"] = choice / len(mc)
-        result["cloze_accuracy"] = cloze / len(mc)
     return result
