@@ -10,8 +10,7 @@ same steps, batch and seed (`slimkit rationale train`):
                      with k in-context examples (`slimkit rationale generate`), TinyLLM-style
   acc_teacher        the local teacher answering few-shot (k examples, llama.cpp)
   data_efficiency    label-only and step-by-step at 25% and 100% of the subset (same steps)
-Accuracy keys report the choice accuracy (multiple choice); exact match and cloze accuracy (the choice's
-words alone, free of letter bias) are recorded beside it.
+Accuracy keys report the choice accuracy (multiple choice); exact match is recorded beside it.
 
 Cost: every variant trains --steps optimizer steps of --batch-size examples (one example per window;
 the trainer drops the right padding no example reaches); evaluation scores all 1221 test questions per
@@ -157,7 +156,6 @@ def main() -> None:
             {"fraction": 0.25, "acc_label_only": acc(v["label_only_25"]), "acc_step_by_step": acc(v["step_by_step_25"])},
             {"fraction": 1.0, "acc_label_only": acc(v["label_only"]), "acc_step_by_step": acc(v["step_by_step"])}],
         "exact_match": {k: round(r["exact_match"], 4) for k, r in v.items()},
-        "cloze_accuracy": {k: round(r["cloze_accuracy"], 4) for k, r in v.items()},
         "teacher": {"source": a.teacher, "k_shot": a.k_shot, "metric": "exact match of the few-shot answer"},
         "wall_seconds": round(time.perf_counter() - start, 1),  # this invocation (earlier ones' stages are reused)
         # since this work directory's first stage began (its training subset was written): all invocations

@@ -178,29 +178,23 @@ def render_default_run(doc: dict) -> list[str]:
 
 def render_rationale(doc: dict) -> list[str]:
     m = doc["metrics"]
-    em, cz, lr = m["exact_match"], m["cloze_accuracy"], m["local_rationales"]
-    rows = [["label only (`acc_label_only`)", m["acc_label_only"], em["label_only"], cz["label_only"]],
-            ["step-by-step, PaLM rationales (`acc_step_by_step`)", m["acc_step_by_step"], em["step_by_step"],
-             cz["step_by_step"]],
+    em, lr = m["exact_match"], m["local_rationales"]
+    rows = [["label only (`acc_label_only`)", m["acc_label_only"], em["label_only"]],
+            ["step-by-step, PaLM rationales (`acc_step_by_step`)", m["acc_step_by_step"], em["step_by_step"]],
             [f"multi-teacher, PaLM + {m['teacher']['source']} (`acc_multi_teacher`)", m["acc_multi_teacher"],
-             em["multi_teacher"], cz["multi_teacher"]],
-            [f"teacher {m['teacher']['source']}, {m['teacher']['k_shot']}-shot (`acc_teacher`)", "", m["acc_teacher"],
-             ""]]
-    eff = [[d["fraction"], d["acc_label_only"], d["acc_step_by_step"],
-            cz["label_only" if d["fraction"] == 1 else "label_only_25"],
-            cz["step_by_step" if d["fraction"] == 1 else "step_by_step_25"]] for d in m["data_efficiency"]]
+             em["multi_teacher"]],
+            [f"teacher {m['teacher']['source']}, {m['teacher']['k_shot']}-shot (`acc_teacher`)", "", m["acc_teacher"]]]
+    eff = [[d["fraction"], d["acc_label_only"], d["acc_step_by_step"]] for d in m["data_efficiency"]]
     return [*_header(doc, "Rationale distillation on CommonsenseQA"), "",
             f"Student `{m['student']}`, a seeded subset of {m['train_subset']} training records, "
             f"{m['test_questions']} test questions. Every variant: {m['steps_per_variant']} steps of "
             f"{m['batch_size']} examples, lr {m['lr']}, seed {m['seed']}. Accuracy = the most likely choice after "
-            f"`[answer]` (no rationale generated); exact match = the greedy answer; cloze = the most likely choice "
-            f"by its words alone, given its letter (free of letter bias). {m['teacher']['source']} rationales: "
+            f"`[answer]` (no rationale generated); exact match = the greedy answer. {m['teacher']['source']} rationales: "
             f"{lr['consistent']} of {lr['generated']} consistent with the gold answer ({lr['k_shot']} in-context "
             f"examples). {m.get('elapsed_seconds', m['wall_seconds'])} s from the first stage to the result, "
             f"{m['jobs']} stages at a time.", "",
-            *_table(["variant", "choice accuracy", "exact match", "cloze accuracy"], rows), "",
-            *_table(["fraction of the subset", "label only", "step-by-step", "label only (cloze)",
-                     "step-by-step (cloze)"], eff), ""]
+            *_table(["variant", "choice accuracy", "exact match"], rows), "",
+            *_table(["fraction of the subset", "label only", "step-by-step"], eff), ""]
 
 
 RENDERERS = {"export": render_export, "prune": render_prune, "devices": render_devices, "distill": render_distill,
