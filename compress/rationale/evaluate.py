@@ -58,9 +58,9 @@ def greedy_and_scores(model: Any, prompt: list[int], targets: list[list[int]], e
     nxt = int(last.argmax())
     while nxt not in eos and len(tokens) < max_new_tokens:
         tokens.append(nxt)
-        if len(tokens) == max_new_tokens:
-            break
-        nxt = int(model(input_ids=torch.tensor([[nxt]]), past_key_values=cache, use_cache=True).logits[0, -1].argmax())
+        if len(tokens) < max_new_tokens:  # no forward for a token that would not be kept
+            logits = model(input_ids=torch.tensor([[nxt]]), past_key_values=cache, use_cache=True).logits
+            nxt = int(logits[0, -1].argmax())
     return tokens, scores
 
 
