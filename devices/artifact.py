@@ -183,7 +183,8 @@ def _onnx_config(model_dir: Path) -> dict[str, Any] | None:
             return {"file": d.get("filename", "model.onnx"), "arch": m.get("type", "unknown"),
                     "n_embd": d["hidden_size"], "n_layers": d["num_hidden_layers"], "n_head": d["num_attention_heads"],
                     "n_head_kv": d.get("num_key_value_heads", d["num_attention_heads"]), "head_dim": d["head_size"],
-                    "vocab": m["vocab_size"], "inter": extra.get("intermediate_size"), "n_params": extra.get("n_params")}
+                    "vocab": m["vocab_size"], "inter": extra.get("intermediate_size"),
+                    "n_params": extra.get("n_params")}
         if hf.is_file():
             c = json.loads(hf.read_text())
             c = c.get("text_config", c)

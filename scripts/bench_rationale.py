@@ -153,7 +153,8 @@ def main() -> None:
         "acc_label_only": acc(v["label_only"]), "acc_step_by_step": acc(v["step_by_step"]),
         "acc_multi_teacher": acc(v["multi_teacher"]), "acc_teacher": round(teacher["exact_match"], 4),
         "data_efficiency": [
-            {"fraction": 0.25, "acc_label_only": acc(v["label_only_25"]), "acc_step_by_step": acc(v["step_by_step_25"])},
+            {"fraction": 0.25, "acc_label_only": acc(v["label_only_25"]),
+             "acc_step_by_step": acc(v["step_by_step_25"])},
             {"fraction": 1.0, "acc_label_only": acc(v["label_only"]), "acc_step_by_step": acc(v["step_by_step"])}],
         "exact_match": {k: round(r["exact_match"], 4) for k, r in v.items()},
         "teacher": {"source": a.teacher, "k_shot": a.k_shot, "metric": "exact match of the few-shot answer"},

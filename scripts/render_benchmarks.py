@@ -188,10 +188,10 @@ def render_rationale(doc: dict) -> list[str]:
     return [*_header(doc, "Rationale distillation on CommonsenseQA"), "",
             f"Student `{m['student']}`, a seeded subset of {m['train_subset']} training records, "
             f"{m['test_questions']} test questions. Every variant: {m['steps_per_variant']} steps of "
-            f"{m['batch_size']} examples, lr {m['lr']}, seed {m['seed']}. Accuracy (chance: 0.20, five choices) = the most likely choice after "
-            f"`[answer]` (no rationale generated); exact match = the greedy answer. {m['teacher']['source']} rationales: "
-            f"{lr['consistent']} of {lr['generated']} consistent with the gold answer ({lr['k_shot']} in-context "
-            f"examples). {m.get('elapsed_seconds', m['wall_seconds'])} s from the first stage to the result, "
+            f"{m['batch_size']} examples, lr {m['lr']}, seed {m['seed']}. Accuracy (chance: 0.20, five choices) = "
+            f"the most likely choice after `[answer]` (no rationale generated); exact match = the greedy answer. "
+            f"{m['teacher']['source']} rationales: {lr['consistent']} of {lr['generated']} consistent with the gold "
+            f"answer ({lr['k_shot']} in-context examples). {m['elapsed_seconds']} s from the first stage to the result, "
             f"{m['jobs']} stages at a time.", "",
             *_table(["variant", "choice accuracy", "exact match"], rows), "",
             *_table(["fraction of the subset", "label only", "step-by-step"], eff), ""]
