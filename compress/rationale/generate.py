@@ -173,7 +173,7 @@ def generate_rationales(records: list[TaskRecord], source: RationaleSource, out_
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
+                for fut in [f for f in pending if f in finished]:  # in record order: a set's order is arbitrary
                     _record_result(pending.pop(fut), fut.result(), teacher, f, report)
                     bar.update(1)
                     bar.set_postfix(inconsistent=report.inconsistent, failed=report.failed, empty=report.empty,
