@@ -120,8 +120,10 @@ def load_hf_dir(path: Path, *, trust_remote_code: bool = False) -> Checkpoint:
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     _check_dir(path)
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar: noise for models of this size
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

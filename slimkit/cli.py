@@ -22,8 +22,10 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 def _cmd_export_gguf(args: argparse.Namespace) -> int:
     from export.gguf.writer import export_gguf
+    from slimkit.calibrate import export_source
 
-    res = export_gguf(args.source, args.output, args.type, validate=not args.no_validate)
+    source, method, cal = export_source(args)
+    res = export_gguf(source, args.output, args.type, validate=not args.no_validate, method=method, calibration=cal)
     print(f"wrote {res.path} ({res.type}{', trained QAT blocks' if res.trained else ''}, {res.file_mb:.1f} MB) "
           f"in {res.seconds:.1f} s")
     if res.validation:
@@ -158,7 +160,10 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     from compress.errors import SlimkitError
     from compress.quant.plans import QATPlan
 
-    plan = QATPlan.parse_rules(args.plan, args.type_rule, args.learn_scales)
+    plan = QATPlan.parse_rules(args.plan, args.type_rule, args.learn_scales,
+                               init=args.method or ("gptq+imatrix" if args.calib else "rtn"),
+                               calib=tuple(str(p) for p in args.calib or ()), calib_tokens=args.calib_tokens,
+                               calib_seq_len=args.calib_seq_len, damp=args.gptq_damp)
     if args.no_teacher:
         if args.teacher:
             raise SlimkitError("--no-teacher and --teacher exclude each other")
@@ -326,7 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--type", default=None, metavar="TYPE", help=f"tensor type: {', '.join(ALL_TYPES)} (default: "
                    "the blocks a `slimkit qat` checkpoint trained, else F16)")
     s.add_argument("--no-validate", action="store_true", help="skip the llama.cpp parity check")
+    s.add_argument("--imatrix", type=Path, default=None, metavar="FILE",
+                   help="importance matrix (GGUF or legacy .dat, from `slimkit imatrix` or llama-imatrix)")
+    from slimkit.calibrate import add_calib_args, add_imatrix_parser
+
+    add_calib_args(s)
     s.set_defaults(func=_cmd_export_gguf)
+    add_imatrix_parser(sub)
     s = ex.add_parser("onnx", help="write an ONNX decoder with KV cache + genai_config.json (validated in ONNX Runtime)")
     s.add_argument("source", help="HF directory, .gguf file or zoo name")
     s.add_argument("-o", "--output", required=True, type=Path, help="output directory")
@@ -391,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--learn-scales", action="store_true", help="train the block scales too (LSQ); exported exactly")
     s.add_argument("--no-teacher", action="store_true", help="plain QAT on --data with cross-entropy (default "
                    "teacher: SOURCE itself in full precision)")
+    add_calib_args(s, flag="--init")
     _add_training_args(s)
     s.set_defaults(func=_cmd_qat)
 

@@ -231,7 +231,12 @@ class _Run:
         self.ckpt.quant = None  # training changes the weights: blocks of an earlier QAT no longer apply
         student = self.ckpt.model.to(dist.device).train()
         if qat is not None:
-            prepare_qat(student, qat)
+            init = None
+            if qat.init != "rtn":  # step 0 = the calibrated blocks (deterministic, so redone on resume)
+                from compress.quant.calibrated import calibrated_init
+
+                init = calibrated_init(student, self.ckpt.tokenizer, qat)
+            prepare_qat(student, qat, init=init)
         for p in student.parameters():
             p.requires_grad_(True)
         self.autocast = _autocast(cfg, dist.device)

@@ -168,12 +168,20 @@ def _q4_k_parts(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     lm = (_nearest_int(inv_min * mins) & 0xFF).clamp(max=63)
     d = _fp16(max_scale / 63)
     dmin = _fp16(max_min / 63)
-    # second pass: requantize with the stored 6-bit scales; sub-blocks whose d is 0 keep L
-    sub_d = (d[:, None] * ls.to(torch.float32)).reshape(1, ns * 8)
-    sub_m = (dmin[:, None] * lm.to(torch.float32)).reshape(1, ns * 8)
+    return d, dmin, ls, lm, _q4_k_requantize(sub, d, dmin, ls, lm, L)
+
+
+def _q4_k_requantize(sub: torch.Tensor, d: torch.Tensor, dmin: torch.Tensor, sc: torch.Tensor, m: torch.Tensor,
+                     L: torch.Tensor) -> torch.Tensor:
+    """The last pass of quantize_row_q4_K_ref / quantize_row_q4_K_impl: requantize the sub-blocks
+    sub (32, n_super*8) with the stored fp16 d, dmin and 6-bit sc, m (n_super, 8) as
+    get_scale_min_k4 reads them back; sub-blocks whose d * sc is 0 keep L. Returns (n_super, 256)."""
+    ns = d.shape[0]
+    sub_d = (d[:, None] * sc.to(torch.float32)).reshape(1, ns * 8)
+    sub_m = (dmin[:, None] * m.to(torch.float32)).reshape(1, ns * 8)
     relq = _nearest_int(_div(sub + sub_m, sub_d)).clamp(0, 15).to(torch.float32)
     L = torch.where(sub_d != 0, relq, L)
-    return d, dmin, ls, lm, L.T.reshape(ns, QK_K)
+    return L.T.reshape(ns, QK_K)
 
 
 def _pack_scales_k4(ls: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
@@ -193,11 +201,16 @@ def _unpack_scales_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc, m
 
 
-def _q4_k_bytes(blocks: torch.Tensor) -> torch.Tensor:
-    d, dmin, ls, lm, L = _q4_k_parts(blocks)
+def _q4_k_pack(d: torch.Tensor, dmin: torch.Tensor, scales: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """block_q4_K bytes from fp16 d, dmin (n_super,), the 12 scale bytes and codes L (n_super, 256) in 0..15."""
     q = L.to(torch.uint8).reshape(-1, 4, 2, 32)  # (n_super, 64-chunk, half, 32)
     qs = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(-1, 128)  # q[l] = L[j+l] | L[j+l+32] << 4
-    return torch.cat([_half_bytes(d), _half_bytes(dmin), _pack_scales_k4(ls, lm), qs], dim=1)
+    return torch.cat([_half_bytes(d), _half_bytes(dmin), scales, qs], dim=1)
+
+
+def _q4_k_bytes(blocks: torch.Tensor) -> torch.Tensor:
+    d, dmin, ls, lm, L = _q4_k_parts(blocks)
+    return _q4_k_pack(d, dmin, _pack_scales_k4(ls, lm), L)
 
 
 def quantize_q4_k(x: torch.Tensor) -> torch.Tensor:
@@ -220,16 +233,16 @@ def dequantize_q4_k(data: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 # ---- Q6_K -------------------------------------------------------------------------------
 
-def _make_qx_quants_rmse1(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL) on x of shape (n, B).
+def _make_qx_quants_rmse1(x: torch.Tensor, nmax: int, qw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw) on x of shape (n, B).
 
-    Returns (L codes in 0..2*nmax-1 (n, B) float, scale (B,)); weights are w = x*x.
+    Returns (L codes in 0..2*nmax-1 (n, B) float, scale (B,)); weights are w = qw, or x*x without qw.
     """
     absx = x.abs()
     imax = absx.argmax(dim=0, keepdim=True)  # first index of the largest |x|, like `ax > amax`
     vmax = torch.gather(x, 0, imax)[0]
     amax = torch.gather(absx, 0, imax)[0]
-    w = x * x
+    w = x * x if qw is None else qw
     wx = w * x
 
     def fit(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -260,6 +273,14 @@ def _q6_k_parts(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     ns = blocks.shape[0]
     sub = blocks.reshape(ns * 16, 16).T.contiguous()  # (16 elements, n_super*16 sub-blocks)
     L, scales = _make_qx_quants_rmse1(sub, 32)
+    return _q6_k_super(sub, L, scales)
+
+
+def _q6_k_super(sub: torch.Tensor, L: torch.Tensor, scales: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_row_q6_K_ref / _impl after make_qx_quants: the int8 sub-scales, fp16 d and the
+    requantized codes from sub (16, n_super*16), its codes L and scales (n_super*16,)."""
+    ns = sub.shape[1] // 16
     scales = scales.reshape(ns, 16)
     imax = scales.abs().argmax(dim=1, keepdim=True)  # first largest |scale| (`abs_scale > max_abs_scale`)
     max_scale = torch.gather(scales, 1, imax)[:, 0]
@@ -275,14 +296,19 @@ def _q6_k_parts(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return d, sc, L.T.reshape(ns, QK_K), empty
 
 
-def _q6_k_bytes(blocks: torch.Tensor) -> torch.Tensor:
-    d, sc, L, empty = _q6_k_parts(blocks)
+def _q6_k_pack(d: torch.Tensor, sc: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """block_q6_K bytes from fp16 d (n_super,), int8 scales (n_super, 16) and codes L (n_super, 256) in 0..63."""
     q = L.to(torch.uint8).reshape(-1, 2, 4, 32)  # (n_super, 128-chunk, quarter, 32)
     lo, hi = q & 0xF, q >> 4
     ql = torch.cat([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], dim=2)  # (n_super, 2, 64)
     qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)  # (n_super, 2, 32)
-    out = torch.cat([ql.reshape(-1, 128), qh.reshape(-1, 64), sc.view(torch.uint8), _half_bytes(d)], dim=1)
-    out[empty] = 0
+    return torch.cat([ql.reshape(-1, 128), qh.reshape(-1, 64), sc.view(torch.uint8), _half_bytes(d)], dim=1)
+
+
+def _q6_k_bytes(blocks: torch.Tensor) -> torch.Tensor:
+    d, sc, L, empty = _q6_k_parts(blocks)
+    out = _q6_k_pack(d, sc, L)
+    out[empty] = 0  # memset(&y[i], 0, sizeof(block_q6_K))
     return out
 
 

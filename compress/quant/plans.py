@@ -11,6 +11,10 @@ from compress.errors import SlimkitError
 FLOAT = ("F32", "F16")  # F32: untouched; F16: trained through fp16 rounding
 LEARNABLE = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")  # formats.BlockType; the K-quants have only the reference path
 TYPES = FLOAT + LEARNABLE + ("Q4_K", "Q6_K")  # = FLOAT + formats.PACKED_TYPES (tested)
+# Post-training methods (compress.quant.calibrated): rtn = ggml's reference quantizers; imatrix = its
+# importance-weighted ones; gptq / gptq+imatrix = GPTQ error feedback with reference / weighted scales.
+METHODS = ("rtn", "imatrix", "gptq", "gptq+imatrix")
+NEEDS_GRAM = ("gptq", "gptq+imatrix")
 # llama_tensor_get_type's fallback for rows that are not whole 256-blocks (llama-quant.cpp)
 K_FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
 # Type mixes by name pattern (fnmatch over module names, first match wins), like llama.cpp's:
@@ -36,8 +40,20 @@ class QATPlan:
     preset: str = "q4_0"
     rules: tuple[tuple[str, str], ...] = ()
     learn_scales: bool = False
+    # Step 0: the blocks of a post-training method (METHODS) on `calib` text instead of round-to-nearest.
+    init: str = "rtn"
+    calib: tuple[str, ...] = ()
+    calib_tokens: int = 8192
+    calib_seq_len: int = 512
+    damp: float = 0.01
 
     def __post_init__(self) -> None:
+        if self.init not in METHODS:
+            raise SlimkitError(f"unknown --init {self.init!r}; choose one of {', '.join(METHODS)}")
+        if self.init != "rtn" and not self.calib:
+            raise SlimkitError(f"--init {self.init} needs calibration text: give --calib FILE")
+        if self.init == "rtn" and self.calib:
+            raise SlimkitError("--calib only serves --init imatrix|gptq|gptq+imatrix; add one or drop --calib")
         if self.preset not in PRESETS:
             raise SlimkitError(f"unknown QAT plan {self.preset!r}; choose one of {', '.join(PRESETS)}")
         for pattern, qtype in self.rules:
@@ -46,6 +62,9 @@ class QATPlan:
         if self.learn_scales and any(t not in LEARNABLE + FLOAT for _, t in self.all_rules):
             raise SlimkitError(f"--learn-scales works with {', '.join(LEARNABLE)}; the K-quants train with "
                                "llama.cpp's reference scales only")
+        if self.init != "rtn" and any(t not in LEARNABLE + FLOAT for _, t in self.all_rules):
+            raise SlimkitError(f"--init {self.init} works with plans of {', '.join(LEARNABLE)} blocks (their scales "
+                               "are kept through training); the K-quants train from llama.cpp's reference scales")
 
     @property
     def all_rules(self) -> tuple[tuple[str, str], ...]:
@@ -67,18 +86,20 @@ class QATPlan:
         return qtype
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rules": [list(r) for r in self.rules]}
+        return {**asdict(self), "rules": [list(r) for r in self.rules], "calib": list(self.calib)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QATPlan":
-        return cls(d.get("preset", "q4_0"), tuple(tuple(r) for r in d.get("rules", ())), bool(d.get("learn_scales")))
+        return cls(d.get("preset", "q4_0"), tuple(tuple(r) for r in d.get("rules", ())), bool(d.get("learn_scales")),
+                   d.get("init", "rtn"), tuple(d.get("calib", ())), int(d.get("calib_tokens", 8192)),
+                   int(d.get("calib_seq_len", 512)), float(d.get("damp", 0.01)))
 
     @classmethod
-    def parse_rules(cls, preset: str, rules: list[str], learn_scales: bool = False) -> "QATPlan":
+    def parse_rules(cls, preset: str, rules: list[str], learn_scales: bool = False, **init: Any) -> "QATPlan":
         pairs = []
         for rule in rules:
             pattern, sep, qtype = rule.rpartition("=")
             if not sep or not pattern:
                 raise SlimkitError(f"--type-rule {rule!r}: expected PATTERN=TYPE, e.g. 'model.layers.*.mlp.down_proj=Q8_0'")
             pairs.append((pattern, qtype.upper()))
-        return cls(preset.lower(), tuple(pairs), learn_scales)
+        return cls(preset.lower(), tuple(pairs), learn_scales, **init)

@@ -41,16 +41,25 @@ class FakeQuant(nn.Module):
     is exactly llama.cpp's quantization.
     """
 
-    def __init__(self, qtype: str, weight: torch.Tensor | None = None, learn_scales: bool = False) -> None:
+    def __init__(self, qtype: str, weight: torch.Tensor | None = None, learn_scales: bool = False,
+                 init: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.qtype, self.learned = qtype, learn_scales
-        if learn_scales:
+        # own scales: learned (LSQ), or fixed at those of `init` (blocks of a calibrated quantizer, e.g.
+        # GPTQ), so that step 0 is exactly those blocks; otherwise the reference choice at every step
+        self.qtype, self.learned = qtype, learn_scales or init is not None
+        if self.learned:
             if qtype not in LEARNABLE or weight is None:
-                raise SlimkitError(f"learned scales are not available for {qtype}")
-            c = formats.codes(weight.detach(), qtype)
+                raise SlimkitError(f"learned or calibrated scales are not available for {qtype}")
+            c = formats.unpack(init, qtype) if init is not None else formats.codes(weight.detach(), qtype)
             rows = weight.shape[0]
-            self.scale = nn.Parameter(c.d.reshape(rows, -1).clone())  # float32, as the reference computes codes
-            self.min = nn.Parameter(c.m.reshape(rows, -1).clone()) if c.m is not None else None
+            d = c.d.reshape(rows, -1).clone()  # float32, as the reference computes codes
+            m = c.m.reshape(rows, -1).clone() if c.m is not None else None
+            if learn_scales:
+                self.scale = nn.Parameter(d)
+                self.min = nn.Parameter(m) if m is not None else None
+            else:
+                self.register_buffer("scale", d)
+                self.register_buffer("min", m)
 
     def codes(self, w: torch.Tensor) -> formats.Codes:
         """The blocks of w: llama.cpp's reference choice, or its code formula with the learned
@@ -87,10 +96,12 @@ def _targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(m, (nn.Linear, nn.Embedding)) and m.weight.dim() == 2]
 
 
-def prepare_qat(model: nn.Module, plan: QATPlan) -> dict[str, str]:
+def prepare_qat(model: nn.Module, plan: QATPlan, init: "QuantizedWeights | None" = None) -> dict[str, str]:
     """Fake-quantize the model's weights in place; returns {weight name: type}.
 
     Tied weights (embedding = output) share one FakeQuant, so they train and export as one tensor.
+    `init`: blocks of a calibrated quantizer (compress.quant.calibrated) whose values the weights
+    already hold; their scales are kept, so the first forward pass is exactly those blocks.
     """
     if is_prepared(model):
         raise SlimkitError("the model is already prepared for QAT")
@@ -102,7 +113,9 @@ def prepare_qat(model: nn.Module, plan: QATPlan) -> dict[str, str]:
         if qtype == "F32":
             continue
         key = id(module.weight)
-        fq = shared.get(key) or FakeQuant(qtype, module.weight, plan.learn_scales and qtype in LEARNABLE)
+        blocks = init.blocks.get(f"{name}.weight") if init is not None else None
+        fq = shared.get(key) or FakeQuant(qtype, module.weight, plan.learn_scales and qtype in LEARNABLE,
+                                          blocks if qtype in LEARNABLE else None)
         if key in shared and fq.qtype != qtype:
             raise SlimkitError(f"{name}.weight is tied to a weight planned as {fq.qtype}, not {qtype}; "
                                "give tied weights the same type")

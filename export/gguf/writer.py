@@ -73,16 +73,18 @@ def _trained(spec: Any, hf_name: str, tensor: torch.Tensor, quant: Any) -> tuple
     return qtype, blocks.numpy(), qtype
 
 
-def write_native(ckpt: Checkpoint, path: Path, etype: gtypes.ExportType, trained: bool = False) -> dict[str, int]:
+def write_native(ckpt: Checkpoint, path: Path, etype: gtypes.ExportType, trained: bool = False,
+                 quant: Any = None) -> dict[str, int]:
     """Write the checkpoint at `etype` (a type slimkit packs, or F32 for llama.cpp's quantizer);
-    `trained`: a QAT checkpoint's weights go in with the types and blocks they trained in."""
+    `trained`: a QAT checkpoint's weights go in with the types and blocks they trained in;
+    `quant`: those blocks given explicitly (compress.quant.qat.QuantizedWeights, e.g. GPTQ's)."""
     spec = arch_registry.get(ckpt.model.config)
     w = gguf.GGUFWriter(path, spec.arch_name)
     _add_general(w, ckpt, etype)
     spec.parameters(w)
     add_vocab(w, _vocab(ckpt))
     counts: dict[str, int] = {}
-    quant = ckpt.quant if trained else None
+    quant = quant if quant is not None else (ckpt.quant if trained else None)
     for hf_name, name, tensor in spec.tensors(ckpt.model.state_dict()):
         if quant is not None and hf_name in quant.types:
             qtype, data, raw_dtype = _trained(spec, hf_name, tensor, quant)
@@ -106,14 +108,19 @@ def _fsync(path: Path) -> None:
 
 
 def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, type: str | None = None, *,
-                validate: bool = True, validation_text: str | None = None) -> ExportResult:
+                validate: bool = True, validation_text: str | None = None, method: str = "rtn",
+                calibration: Any = None) -> ExportResult:
     """Export SOURCE (checkpoint object, HF dir, .gguf or zoo name) to OUT at TYPE.
 
     TYPE None: a QAT checkpoint is written with the blocks it trained (the file reproduces its
     forward pass), anything else at F16. An explicit TYPE requantizes from the weights.
+    method: rtn (no calibration), or imatrix / gptq / gptq+imatrix with `calibration`
+    (export.gguf.calibrated.Calibration), inside llama.cpp's type mix for TYPE.
     """
     if type is not None:
         gtypes.parse(type)  # an unknown type fails before loading anything
+    if method != "rtn" and type is None:
+        raise SlimkitError(f"--method {method} needs an explicit --type (e.g. --type Q4_0)")
     out = Path(out)
     if out.is_dir():
         raise SlimkitError(f"{out} is a directory; give the output file name, e.g. {out}/model.gguf")
@@ -133,8 +140,13 @@ def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, 
     os.close(fd)
     tmp = Path(tmp_name)
     intermediate = tmp.with_suffix(".f32.partial")
+    stored_ckpt, as_stored = ckpt, trained
     try:
-        if etype.native or trained:
+        if method != "rtn":
+            from export.gguf.calibrated import export_calibrated
+
+            stored_ckpt, counts, as_stored = export_calibrated(ckpt, tmp, etype, method, calibration)
+        elif etype.native or trained:
             counts = write_native(ckpt, tmp, etype, trained)
         else:
             from export.gguf.quantize import llama_quantize
@@ -148,7 +160,7 @@ def export_gguf(source: Checkpoint | str | os.PathLike, out: str | os.PathLike, 
         if validate:
             from export.validate import validate_gguf
 
-            report = validate_gguf(tmp, ckpt, etype.name, text=validation_text, weights_as_stored=trained)
+            report = validate_gguf(tmp, stored_ckpt, etype.name, text=validation_text, weights_as_stored=as_stored)
             report_path = out.with_name(out.name + ".validation.json")
             atomic_write(report_path, json.dumps(report, indent=2).encode())
         os.replace(tmp, out)

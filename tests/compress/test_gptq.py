@@ -1,0 +1,102 @@
+"""GPTQ into GGUF blocks: valid blocks of the target type, lower calibration-weighted error than
+round-to-nearest on every layer, and QAT that starts exactly from the GPTQ blocks."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from compress.calib import collect
+from compress.errors import SlimkitError
+from compress.quant import formats, gptq
+from compress.quant.calibrated import quantize_model
+from compress.quant.plans import QATPlan
+from compress.quant.qat import convert_qat, prepare_qat
+from tests.conftest import TRAIN_TEXT, tiny_gemma3, tiny_llama
+
+
+def _stats(ckpt):
+    ids = ckpt.tokenizer(TRAIN_TEXT)["input_ids"]
+    windows = torch.tensor(ids[: 6 * 64]).reshape(6, 64)
+    return collect(ckpt.model, windows, gram=True, progress=False)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def tiny(request):
+    ckpt = tiny_llama() if request.param == "llama" else tiny_gemma3()
+    return ckpt, _stats(ckpt)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q8_0"])
+@pytest.mark.parametrize("weighted_scales", [False, True])
+def test_gptq_beats_rtn_on_every_layer(tiny, qtype, weighted_scales):
+    ckpt, stats = tiny
+    cfg = gptq.GPTQConfig(weighted_scales=weighted_scales)
+    for name, m in ckpt.model.named_modules():
+        if not isinstance(m, torch.nn.Linear) or name == "lm_head":
+            continue
+        w, h = m.weight.detach(), stats.hessian(name)
+        blocks, w_hat = gptq.gptq_quantize(w, h, qtype, cfg)
+        assert blocks.dtype == torch.uint8 and blocks.shape == (w.shape[0], w.shape[1] // 32 * formats.type_size(qtype))
+        # a valid block of the type: it unpacks, and its values are what the GGUF reader dequantizes
+        assert torch.equal(formats.dequantize(blocks, qtype, tuple(w.shape)), w_hat)
+        rtn = formats.fake_quantize(w, qtype)
+        assert gptq.weighted_error(w, w_hat, h) < gptq.weighted_error(w, rtn, h), (name, qtype)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_gptq_k_quants(qtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 512, generator=g) @ torch.randn(512, 512, generator=g) * 0.1  # correlated inputs
+    h = x.T.double() @ x.double() / x.shape[0]
+    w = torch.randn(64, 512, generator=g) * 0.05
+    blocks, w_hat = gptq.gptq_quantize(w, h, qtype)
+    assert torch.equal(formats.dequantize(blocks, qtype, tuple(w.shape)), w_hat)
+    assert gptq.weighted_error(w, w_hat, h) < 0.9 * gptq.weighted_error(w, formats.fake_quantize(w, qtype), h)
+
+
+def test_dead_columns_and_bad_shapes():
+    w = torch.randn(8, 64)
+    h = torch.eye(64, dtype=torch.float64)
+    h[5, 5] = 0  # a column no token touched
+    blocks, w_hat = gptq.gptq_quantize(w, h, "Q4_0")
+    assert w_hat.shape == w.shape and torch.isfinite(w_hat).all()
+    with pytest.raises(SlimkitError, match="whole 32-blocks"):
+        gptq.gptq_quantize(torch.randn(4, 48), torch.eye(48), "Q4_0")
+    with pytest.raises(SlimkitError, match="does not match"):
+        gptq.gptq_quantize(w, torch.eye(32), "Q4_0")
+    with pytest.raises(SlimkitError, match="damping"):
+        gptq.GPTQConfig(damp=2.0)
+
+
+@pytest.mark.parametrize("learn_scales", [False, True])
+def test_qat_step_zero_is_exactly_the_gptq_blocks(tiny, learn_scales):
+    ckpt, stats = tiny
+    plan = QATPlan("q4_0", learn_scales=learn_scales)
+    model = copy.deepcopy(ckpt.model)
+    types = {f"{n}.weight": plan.type_for(n, tuple(m.weight.shape)) for n, m in model.named_modules()
+             if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+    quant = quantize_model(model, types, stats, "gptq+imatrix")
+    dequantized = {k: v.clone() for k, v in model.state_dict().items()}
+    prepare_qat(model, plan, init=quant)
+    ids = torch.tensor([ckpt.tokenizer(TRAIN_TEXT[:200])["input_ids"]])
+    with torch.no_grad():
+        step0 = model(input_ids=ids).logits
+        reference = copy.deepcopy(ckpt.model)
+        reference.load_state_dict(dequantized)
+        torch.testing.assert_close(step0, reference(input_ids=ids).logits, rtol=0, atol=0)
+    back = convert_qat(model)
+    for name, blocks in quant.blocks.items():
+        assert torch.equal(back.blocks[name], blocks), name
+
+
+def test_init_plans_refuse_what_they_cannot_keep():
+    with pytest.raises(SlimkitError, match="needs calibration text"):
+        QATPlan("q4_0", init="gptq")
+    with pytest.raises(SlimkitError, match="K-quants"):
+        QATPlan("q4_k", init="gptq", calib=("x.txt",))
+    with pytest.raises(SlimkitError, match="unknown --init"):
+        QATPlan("q4_0", init="awq", calib=("x.txt",))
+    plan = QATPlan("q4_0", init="gptq", calib=("a.txt",), calib_tokens=1024)
+    assert QATPlan.from_dict(plan.to_dict()) == plan
