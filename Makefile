@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_devices.py
 	$(BIN)/python scripts/bench_distill.py
 	$(BIN)/python scripts/bench_onnx.py
+	$(BIN)/python scripts/bench_quant.py
 	$(BIN)/python scripts/bench_qad.py
 	$(BIN)/python scripts/bench_default_run.py
 	$(BIN)/python scripts/render_benchmarks.py

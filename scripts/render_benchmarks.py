@@ -197,8 +197,22 @@ def render_rationale(doc: dict) -> list[str]:
             *_table(["fraction of the subset", "label only", "step-by-step"], eff), ""]
 
 
+def _qad(doc: dict) -> list[str]:
+    from scripts import render_quant
+
+    if "inits" in doc["metrics"]:  # written by bench_qad.py since the GPTQ starting point
+        return render_quant.render_qad(doc, _header, _table)
+    return render_qad(doc)
+
+
+def _quant(doc: dict) -> list[str]:
+    from scripts import render_quant
+
+    return render_quant.render_quant(doc, _header, _table)
+
+
 RENDERERS = {"export": render_export, "prune": render_prune, "devices": render_devices, "distill": render_distill,
-             "onnx": render_onnx, "qad": render_qad, "default_run": render_default_run,
+             "onnx": render_onnx, "qad": _qad, "quant": _quant, "default_run": render_default_run,
              "rationale": render_rationale}
 
 

@@ -100,3 +100,29 @@ def test_init_plans_refuse_what_they_cannot_keep():
         QATPlan("q4_0", init="awq", calib=("x.txt",))
     plan = QATPlan("q4_0", init="gptq", calib=("a.txt",), calib_tokens=1024)
     assert QATPlan.from_dict(plan.to_dict()) == plan
+
+
+def test_qad_from_gptq_starts_from_the_gptq_blocks(tmp_path):
+    """Through the trainer (what `slimkit qat --init gptq+imatrix` runs): with a vanishing learning
+    rate the trained blocks are the calibrated blocks, so step 0 was exactly them."""
+    from compress.calib import calibration_windows
+    from compress.checkpoint import load, save
+    from compress.distill.config import DistillConfig
+    from compress.distill.teachers import TeacherSpec
+    from compress.distill.trainer import distill
+    from compress.quant.calibrated import calibrated_init
+
+    save(tiny_llama(), tmp_path / "student")
+    (tmp_path / "data.txt").write_text(TRAIN_TEXT * 2)
+    plan = QATPlan("q4_0", init="gptq+imatrix", calib=(str(tmp_path / "data.txt"),), calib_tokens=512,
+                   calib_seq_len=64)
+    ckpt = load(tmp_path / "student")
+    expected = calibrated_init(ckpt.model, ckpt.tokenizer, plan)
+    assert calibration_windows(ckpt.model, ckpt.tokenizer, plan.calib, 512, 64)[0].shape == (8, 64)
+    cfg = DistillConfig(tokens=2 * 4 * 32, seq_len=32, batch_size=4, lr=1e-12)
+    res = distill(tmp_path / "student", [TeacherSpec(str(tmp_path / "student"))], tmp_path / "qad", cfg,
+                  data=[tmp_path / "data.txt"], progress=False, qat=plan)
+    trained = load(res.out).quant
+    assert trained.plan["init"] == "gptq+imatrix"
+    for name, blocks in expected.blocks.items():
+        assert torch.equal(trained.blocks[name], blocks), name
