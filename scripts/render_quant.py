@@ -14,11 +14,11 @@ HEADLINE = [("ppl_f16", "F16"), ("ppl_q4_0_rtn", "Q4_0, round-to-nearest"),
 def render_quant(doc: dict, header: Callable, table: Callable) -> list[str]:
     m = doc["metrics"]
     p = m["protocol"]
+    calib = ", ".join(f"{k}: {v['calib_tokens']} tokens, {v['calib_seconds']} s" for k, v in m["calibration"].items())
     lines = [*header(doc, "Calibrated quantization: imatrix, GPTQ, AutoRound"), "",
              f"Eval: llama.cpp on `{p['eval_text']}`, {p['windows']} windows of {p['ctx']}; `kld`: {p['kld']}; "
              f"`top1`: argmax agreement with the F16 file. Calibration: {', '.join(p['calib_text'])} "
-             f"({', '.join(f'{k}: {v['calib_tokens']} tokens, {v['calib_seconds']} s' for k, v in m['calibration'].items())}"
-             f"; never the eval text). Wall {m['wall_seconds']} s, load average {m['load_avg']}.", ""]
+             f"({calib}; never the eval text). Wall {m['wall_seconds']} s, load average {m['load_avg']}.", ""]
     for model, h in m["by_model"].items():
         rows = [[f"`{key}`", what, h[key]] for key, what in HEADLINE if key in h]
         extra = [f"`{k}` = **{h[k]}**" for k in ("recovery_q4_0_gptq", "kld_ratio_q4_k_m") if k in h]
