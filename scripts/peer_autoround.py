@@ -146,6 +146,8 @@ def quantize_with_autoround(hf_dir: Path, calib_text: Path, scheme: str, out_ggu
         raise _fail(f"AutoRound {scheme} did not finish within {CHILD_TIMEOUT_S} s (log: {log})") from None
     seconds = time.perf_counter() - t0
     result_path = Path(spec["result"])
+    if rc < 0:
+        raise _fail(f"AutoRound {scheme} was killed by signal {-rc} after {seconds:.0f} s (log: {log})")
     if rc != 0 or not result_path.is_file():
         raise _fail(f"AutoRound {scheme} failed (exit {rc}): {_last_error(log)} (log: {log})")
     result = json.loads(result_path.read_text())

@@ -77,8 +77,12 @@ def export_source(args: argparse.Namespace) -> tuple[Any, str, Any]:
         return args.source, method, None
     if args.type is None:
         raise SlimkitError(f"--method {method} needs an explicit --type (e.g. --type Q4_0)")
-    if gtypes.parse(args.type).is_float:
+    etype = gtypes.parse(args.type)
+    if etype.is_float:
         raise SlimkitError(f"--method {method} calibrates quantized types; {args.type} is a float type")
+    if method in NEEDS_GRAM and etype.name not in gtypes.GPTQ_TYPES:
+        raise SlimkitError(f"--method {method} does not apply to {etype.name}: slimkit's GPTQ writes "
+                           f"{', '.join(gtypes.GPTQ_TYPES)} mixes; use --method imatrix")
     parent = Path(args.output).parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise SlimkitError(f"output directory {parent} does not exist or is not writable; choose another -o path")

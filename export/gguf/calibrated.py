@@ -28,6 +28,7 @@ from compress.calib import CalibStats
 from compress.errors import SlimkitError
 from compress.quant import formats
 from compress.quant.calibrated import check_method, quantize_model
+from compress.quant.plans import NEEDS_GRAM
 from compress.quant.gptq import GPTQConfig
 from export.gguf import arch as arch_registry
 from export.gguf import imatrix as imx
@@ -99,6 +100,9 @@ def export_calibrated(ckpt: Any, tmp: Path, etype: gtypes.ExportType, method: st
         for hf_name, name, tensor in spec.tensors(ckpt.model.state_dict()):
             if ref_types.get(name) in formats.PACKED_TYPES and tensor.dim() == 2:
                 hf_types[hf_name] = ref_types[name]
+        if method in NEEDS_GRAM and not any(h.removesuffix(".weight") in stats.gram for h in hf_types):
+            raise SlimkitError(f"--method {method} does not apply to {etype.name}: none of its tensor types is one "
+                               f"slimkit packs ({', '.join(formats.PACKED_TYPES)}); use --method imatrix")
         out = copy.copy(ckpt)
         out.model = copy.deepcopy(ckpt.model)
         quant = quantize_model(out.model, hf_types, stats, method, cal.gptq)

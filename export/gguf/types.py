@@ -31,6 +31,11 @@ LLAMA_CPP: dict[str, FT] = {name: FT[f"MOSTLY_{name}"] for name in (
     "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
     "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0")}
 ALL_TYPES = tuple(NATIVE) + tuple(LLAMA_CPP)
+# Mixes in which GPTQ has tensors to optimise: their types (or llama.cpp's shape fallbacks) include
+# one slimkit packs. IQ4_NL / IQ4_XS / TQ* files hold none (their fallbacks are IQ4_NL / Q4_0 only on
+# odd shapes), so GPTQ is refused for them before any work.
+GPTQ_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L",
+              "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 # In a 4/5-bit file the embedding/output matrix stays 8-bit (llama.cpp's own Q4_0..Q5_1 mixes keep
 # the output at Q6_K; Q8_0 is the closest legacy type slimkit packs itself).

@@ -142,6 +142,7 @@ def test_cli_calibrated_export_and_imatrix(hf_dir, tmp_path, capsys):
     (["--type", "Q4_0", "--imatrix", "OTHER"], "another model"),
     (["--type", "Q4_0", "--imatrix", "CORRUPT"], "not a readable imatrix"),
     (["--method", "imatrix", "--calib", "TEXT"], "explicit --type"),
+    (["--type", "IQ4_NL", "--calib", "TEXT", "--calib-tokens", "512", "--calib-seq-len", "128"], "does not apply"),
 ])
 def test_cli_bad_calibration_input(hf_dir, tmp_path, capsys, args, needle):
     src, text = hf_dir

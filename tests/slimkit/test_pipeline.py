@@ -182,3 +182,19 @@ def test_without_shared_data_training_samples_from_the_teacher(teacher, tmp_path
     assert by["eval"].options["text"] == str(fallback) and len(warnings) == 2
     rundir.sample_text(str(teacher / "teacher"), fallback, warnings.append, tokens=256)
     assert len(fallback.read_text()) > 100
+
+
+def test_calibrated_stage_options_parse_as_their_verbs(tmp_path):
+    """export-gguf and qat stages take --calib/--method/--init like the CLI (lists become repeats)."""
+    from slimkit.recipe import check_stage as _check_stage
+
+    path = _recipe(tmp_path, "cal.yaml", "  - qat: {plan: q4_0, tokens: 64, init: gptq, calib: [a.txt, b.txt]}\n"
+                   "  - export-gguf: {type: Q4_K_M, calib: [a.txt], method: gptq+imatrix, calib-tokens: 4096}\n")
+    recipe = load_recipe(path)
+    for i, s in enumerate(recipe.stages):
+        if s.kind != "load":
+            _check_stage(s, [t.name for t in recipe.stages[:i]], recipe.path)
+    bad = _recipe(tmp_path, "bad.yaml", "  - export-gguf: {type: Q4_0, method: awq}\n")
+    recipe = load_recipe(bad)
+    with pytest.raises(SlimkitError, match=r"bad\.yaml:3: .*invalid choice: 'awq'"):
+        _check_stage(recipe.stages[-1], [t.name for t in recipe.stages[:-1]], recipe.path)
