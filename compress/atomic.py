@@ -15,8 +15,7 @@ FILE_MODE = 0o644  # what open() gives under the usual umask 022
 def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None, link: bool = False) -> None:
     """Temp file in the same directory (a hard link of src if asked and possible, else a copy
     fsync'ed), then os.replace: readers see the old file or the whole new one, never a part."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         try:
             if not (link and src is not None):
                 raise OSError("copy")
@@ -28,15 +27,7 @@ def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None,
                 else:
                     with open(src, "rb") as s:
                         shutil.copyfileobj(s, f, COPY_CHUNK)
-                f.flush()
-                os.fsync(f.fileno())
             os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def fsync_dir(path: Path) -> None:

@@ -47,6 +47,32 @@ def _nearest_int(v: torch.Tensor) -> torch.Tensor:
     return (bits & 0x007FFFFF) - 0x00400000
 
 
+_ROUND_EXACT = float(2 ** 22)  # |v| below this: nearest_int(v) == torch.round(v), both half to even
+
+
+def _codes(v: torch.Tensor, lo: int, hi: int, exact: bool) -> torch.Tensor:
+    """MAX(lo, MIN(hi, nearest_int(v))) as float32 (v is overwritten).
+
+    exact=False uses torch.round, which equals nearest_int only for |v| < 2**22; the scale searches
+    check that with _in_range and redo the work with exact=True (the bit trick) when it failed.
+    """
+    if exact:
+        return _nearest_int(v).clamp_(lo, hi).to(torch.float32)
+    return v.round_().clamp_(lo, hi)
+
+
+def _in_range(*vs: torch.Tensor) -> torch.Tensor:
+    """Whether torch.round agrees with nearest_int on every v (False for inf and NaN).
+
+    The searches compute v = iscale * (x - min) (or iscale * x), monotone in x under float
+    rounding, so the values at each block's smallest and largest x bound all of them.
+    """
+    ok = vs[0].abs() < _ROUND_EXACT
+    for v in vs[1:]:
+        ok &= v.abs() < _ROUND_EXACT
+    return ok
+
+
 def _sqrtf(v: torch.Tensor) -> torch.Tensor:
     """C sqrtf (correctly rounded) for v >= 0.
 
@@ -71,10 +97,10 @@ def _seq_sum(t: torch.Tensor, start_with_first: bool = False, dim: int = 0) -> t
     With start_with_first the accumulator starts at t[0] instead of 0 (make_qkx2_quants
     initialises sum_w and sum_x that way; it differs for a leading -0.0 only).
     """
-    t = t.movedim(dim, 0)
-    acc = t[0].clone() if start_with_first else torch.zeros_like(t[0])
-    for i in range(1 if start_with_first else 0, t.shape[0]):
-        acc += t[i]
+    rows = t.movedim(dim, 0).unbind(0)  # one call for all the row views
+    acc = rows[0].clone() if start_with_first else torch.zeros_like(rows[0])
+    for row in rows[1:] if start_with_first else rows:
+        acc += row
     return acc
 
 
@@ -108,37 +134,54 @@ def _make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, 
     """make_qkx2_quants with use_mad=false on x, w of shape (n, B): n summed elements, B sub-blocks.
 
     Returns (L codes (n, B) float, scale (B,), the_min (B,)), the_min being -min >= 0.
+    (make_qkx3_quants with weights is the same computation: it only tests `max <= min`.)
     """
-    mn, mx = x.amin(0), x.amax(0)
+    return _qkx_search(x, w, nmax, rmin, rdelta, nstep, False) or _qkx_search(x, w, nmax, rmin, rdelta, nstep, True)
+
+
+def _qkx_search(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int,
+                exact: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """_make_qkx2_quants; None when the fast rounding (exact=False) could differ from nearest_int."""
+    xmin, mx = x.amin(0), x.amax(0)
     sum_w = _seq_sum(w, start_with_first=True)
     sum_x = _seq_sum(w * x, start_with_first=True)
-    mn = torch.where(mn > 0, torch.zeros_like(mn), mn)  # if (min > 0) min = 0;
+    mn = torch.where(xmin > 0, torch.zeros_like(xmin), xmin)  # if (min > 0) min = 0;
     flat = mx == mn
     iscale = _div(float(nmax), mx - mn)
     scale = _div(1.0, iscale)
-    L = _nearest_int(iscale * (x - mn)).clamp(0, nmax).to(torch.float32)
-    diff = scale * L + mn - x
-    best = _seq_sum(w * (diff * diff))
+    best_is, best_mn = iscale, mn  # L = codes(best_is * (x - best_mn)), rebuilt once at the end
+    bad = ~_in_range(iscale * (xmin - mn), iscale * (mx - mn))
+    diff = (scale * _codes(iscale * (x - mn), 0, nmax, exact)).add_(mn).sub_(x)  # scale*L[i] + min - x[i]
+    best = _seq_sum(diff.mul_(diff).mul_(w))  # best_error += w * diff*diff
+    buf = torch.empty(x.shape[0], 3, x.shape[1], dtype=torch.float32, device=x.device)
     for step in range(nstep + 1):
         # iscale = (rmin + rdelta*is + nmax)/(max - min), all in float32
         c = _f32(_f32(np.float32(rmin) + _f32(np.float32(rdelta) * np.float32(step))) + np.float32(nmax))
         # min is the best candidate's offset so far: C reuses the updated `min` in both places
-        laux = _nearest_int(_div(c, mx - mn) * (x - mn)).clamp(0, nmax).to(torch.float32)  # (n, B)
-        wl = w * laux
-        sum_l, sum_l2, sum_xl = _seq_sum(torch.stack([wl, wl * laux, wl * x]), dim=1)  # each (B,)
+        iscale = _div(c, mx - mn)
+        bad |= ~_in_range(iscale * (xmin - mn), iscale * (mx - mn))
+        laux = _codes((x - mn).mul_(iscale), 0, nmax, exact)  # (n, B)
+        wl = torch.mul(w, laux, out=buf[:, 0])
+        torch.mul(wl, laux, out=buf[:, 1])
+        torch.mul(wl, x, out=buf[:, 2])
+        sum_l, sum_l2, sum_xl = _seq_sum(buf)  # each (B,)
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = _div(sum_w * sum_xl - sum_x * sum_l, det)
         this_min = _div(sum_l2 * sum_x - sum_l * sum_xl, det)
         clip = this_min > 0  # then this_min = 0; this_scale = sum_xl / sum_l2;
         this_min = torch.where(clip, torch.zeros_like(this_min), this_min)
         this_scale = torch.where(clip, _div(sum_xl, sum_l2), this_scale)
-        diff = this_scale * laux + this_min - x
-        cur = _seq_sum(w * (diff * diff))
+        diff = (this_scale * laux).add_(this_min).sub_(x)
+        cur = _seq_sum(diff.mul_(diff).mul_(w))
         better = (det > 0) & (cur < best)
-        L = torch.where(better, laux, L)
+        best_is = torch.where(better, iscale, best_is)
+        best_mn = torch.where(better, mn, best_mn)
         best = torch.where(better, cur, best)
         scale = torch.where(better, this_scale, scale)
         mn = torch.where(better, this_min, mn)
+    if not exact and bool((bad & ~flat).any()):
+        return None
+    L = _codes((x - best_mn).mul_(best_is), 0, nmax, exact)  # for (i) L[i] = Laux[i] of the best step
     # max == min: L = 0, scale 0, the_min = -min
     L = torch.where(flat, torch.zeros_like(L), L)
     scale = torch.where(flat, torch.zeros_like(scale), scale)
@@ -238,20 +281,30 @@ def _make_qx_quants_rmse1(x: torch.Tensor, nmax: int, qw: torch.Tensor | None = 
 
     Returns (L codes in 0..2*nmax-1 (n, B) float, scale (B,)); weights are w = qw, or x*x without qw.
     """
+    return _qx_search(x, nmax, qw, False) or _qx_search(x, nmax, qw, True)
+
+
+def _qx_search(x: torch.Tensor, nmax: int, qw: torch.Tensor | None,
+               exact: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """_make_qx_quants_rmse1; None when the fast rounding (exact=False) could differ from nearest_int."""
     absx = x.abs()
     imax = absx.argmax(dim=0, keepdim=True)  # first index of the largest |x|, like `ax > amax`
     vmax = torch.gather(x, 0, imax)[0]
     amax = torch.gather(absx, 0, imax)[0]
+    xmin, xmax = x.amin(0), x.amax(0)
     w = x * x if qw is None else qw
     wx = w * x
+    buf = torch.empty(x.shape[0], 2, x.shape[1], dtype=torch.float32, device=x.device)
 
     def fit(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        l = _nearest_int(iscale * x).clamp(-nmax, nmax - 1).to(torch.float32)
-        sumlx, suml2 = _seq_sum(torch.stack([wx * l, w * l * l]), dim=1)
-        return l, sumlx, suml2
+        l = _codes(iscale * x, -nmax, nmax - 1, exact)  # MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x[i])))
+        torch.mul(wx, l, out=buf[:, 0])  # sumlx += w*x[i]*l
+        torch.mul(w, l, out=buf[:, 1]).mul_(l)  # suml2 += w*l*l
+        sumlx, suml2 = _seq_sum(buf)
+        return sumlx, suml2, ~_in_range(iscale * xmin, iscale * xmax)
 
-    l, sumlx, suml2 = fit(_div(float(-nmax), vmax))
-    L = l + nmax
+    best_is = _div(float(-nmax), vmax)  # L = codes(best_is * x) + nmax, rebuilt once at the end
+    sumlx, suml2, bad = fit(best_is)
     zero = torch.zeros_like(sumlx)
     scale = torch.where(suml2 != 0, _div(sumlx, suml2), zero)
     best = scale * sumlx
@@ -259,12 +312,17 @@ def _make_qx_quants_rmse1(x: torch.Tensor, nmax: int, qw: torch.Tensor | None = 
         if step == 0:
             continue
         c = _f32(np.float32(nmax) + _f32(np.float32(0.1) * np.float32(step)))  # nmax + 0.1f*is
-        l, sumlx, suml2 = fit(_div(-c, vmax))
+        iscale = _div(-c, vmax)
+        sumlx, suml2, out_of_range = fit(iscale)
+        bad |= out_of_range
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        L = torch.where(better, l + nmax, L)
+        best_is = torch.where(better, iscale, best_is)
         scale = torch.where(better, _div(sumlx, suml2), scale)
         best = torch.where(better, scale * sumlx, best)
     small = amax < GROUP_MAX_EPS  # all zero: L = 0 (not nmax), scale 0
+    if not exact and bool((bad & ~small).any()):
+        return None
+    L = _codes(best_is * x, -nmax, nmax - 1, exact) + nmax
     return torch.where(small, torch.zeros_like(L), L), torch.where(small, zero, scale)
 
 

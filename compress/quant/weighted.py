@@ -47,7 +47,7 @@ USES_SIGMA2 = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")  # the *_impl functions that comp
 SUB = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "Q4_K": 32, "Q6_K": 16}
 CODE_RANGE = {**{t: (formats.layout(t).code_min, formats.layout(t).code_max) for t in LEGACY},
               "Q4_K": (0, 15), "Q6_K": (0, 63)}
-_CHUNK = 1 << 18  # weights per pass: keeps the temporaries of the scale searches in cache
+_CHUNK = 1 << 20  # weights per pass: large enough to amortise the ~150 small torch calls per search step
 
 
 class Group(NamedTuple):

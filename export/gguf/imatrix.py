@@ -82,6 +82,7 @@ def write(im: Imatrix, path: str | os.PathLike) -> None:
     import gguf
 
     from compress.atomic import atomic_path
+    from export.gguf.writer import finish
 
     with atomic_path(Path(path)) as tmp:
         w = gguf.GGUFWriter(tmp, "llama")
@@ -93,12 +94,7 @@ def write(im: Imatrix, path: str | os.PathLike) -> None:
         for name in sorted(im.sums):  # deterministic order, as save_imatrix sorts names
             w.add_tensor(name + SUM2, im.sums[name].astype(np.float32).reshape(1, -1))  # ne = [n_in, 1]
             w.add_tensor(name + COUNTS, np.array([[im.counts[name]]], dtype=np.float32))  # ne = [1, 1]
-        try:
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-        finally:
-            w.close()
+        finish(w)
 
 
 def write_legacy(im: Imatrix, path: str | os.PathLike) -> None:

@@ -93,13 +93,18 @@ def write_native(ckpt: Checkpoint, path: Path, etype: gtypes.ExportType, trained
             data, raw_dtype = encode(tensor, qtype)
         w.add_tensor(name, data, raw_dtype=raw_dtype)
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
+    finish(w)
+    return counts
+
+
+def finish(w: gguf.GGUFWriter) -> None:
+    """Write header, metadata and tensors of a prepared GGUFWriter, and close it."""
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
     finally:
         w.close()
-    return counts
 
 
 def _fsync(path: Path) -> None:
