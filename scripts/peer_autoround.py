@@ -38,10 +38,10 @@ STAMP = VENV / ".slimkit-installed"
 SCHEMES = {"q4_0": "gguf:q4_0", "q4_k_m": "gguf:q4_k_m"}
 
 # Defaults, measured on our machines (2 shared cores, 1 thread, SmolLM2-135M, 30 blocks): see
-# quantize_with_autoround's docstring.
-DEFAULT_ITERS = 50
+# quantize_with_autoround's docstring for the numbers and why.
+DEFAULT_ITERS = 16
 DEFAULT_NSAMPLES = 32
-DEFAULT_SEQLEN = 512
+DEFAULT_SEQLEN = 256
 DEFAULT_BATCH_SIZE = 4
 CHILD_TIMEOUT_S = 3600  # a hung child must not hang the benchmark
 
@@ -99,13 +99,19 @@ def quantize_with_autoround(hf_dir: Path, calib_text: Path, scheme: str, out_ggu
     to downloading fineweb-edu on any error, is never used). The child runs with HF_HUB_OFFLINE=1,
     TRANSFORMERS_OFFLINE=1, HF_DATASETS_OFFLINE=1, on CPU, `threads` torch threads.
 
-    Default settings (iters=50, nsamples=32, seqlen=512, batch_size=4, lr=AutoRound's 1/iters,
-    torch.compile off): AutoRound's own defaults (iters=200, nsamples=128, seqlen=2048, bs=8) cost
-    each of the 30 blocks 200 steps of forward+backward over 8x2048 tokens, hours on one core.
-    Its README's fast recipe is iters=50; bs=4 x seqlen=512 keeps one step to ~2k tokens, and 32
-    samples (16k tokens) give 8 distinct batches. Measured on SmolLM2-135M, 1 thread: see
-    BENCHMARKS / the benchmark's result JSON for the seconds. torch.compile is off because its
-    compile time on 2 cores is larger than what it saves on 50 steps per block.
+    Default settings: iters=16 SignRound steps per block, batch_size=4 x seqlen=256 tokens per
+    step, nsamples=32 (8192 calibration tokens), lr = AutoRound's default 1/iters, torch.compile
+    off (not measured: compiling each block on 2 shared cores is unlikely to pay back 16 steps). Why: AutoRound's
+    own recipes (default 200 iters x 8 x 2048 tokens, "light" 50 iters x 8 x 2048) cost hours on
+    one core. Measured on SmolLM2-135M, 1 thread, nice 19, on a 2-core machine under load 3-5:
+    50 iters x 4 x 512 tokens took 144 s for one of the 30 blocks (~72 min a scheme); 20 x 4 x 256
+    took ~37 s a block (~18 min); the defaults took 1053 s end to end for q4_0 and 1488 s for
+    q4_k_m (that one ran beside another AutoRound job). Each block also has a fixed cost of a few
+    seconds (fp reference outputs, best-MSE restore, packing). llama.cpp perplexity, wikitext-2
+    ctx 512, 16 windows: q4_0 24.14, q4_k_m 20.94 (F16 19.75, llama.cpp RTN q4_0 22.9, q4_k_m 20.5);
+    iters=0 (AutoRound's "opt-RTN", which it recommends for GGUF) gave q4_0 21.81. AutoRound's GGUF
+    export keeps token_embd (tied with the output) at Q8_0, and for q4_k_m falls back, like
+    llama.cpp, to Q5_0/Q8_0 for rows of 576 (not a multiple of 256): most of that file is Q5_0.
 
     Returns {"seconds": wall time of the child (load, calibrate, tune, export), "settings": {...},
     "autoround_version": ..., "file_mb": ...}. Raises RuntimeError (one line) when it cannot run.

@@ -22,7 +22,10 @@ def add_calib_args(s: argparse.ArgumentParser, methods: tuple[str, ...] = METHOD
                    help="rtn | imatrix (llama.cpp's importance-weighted quantizers) | gptq | gptq+imatrix (GPTQ error "
                         "feedback, reference or weighted block scales); default gptq+imatrix with --calib, "
                         "imatrix with --imatrix, else rtn")
-    s.add_argument("--gptq-damp", type=float, default=0.01, metavar="X", help="GPTQ Hessian damping (default 0.01)")
+    s.add_argument("--gptq-damp", type=float, default=1.0, metavar="X", help="GPTQ Hessian damping, a fraction of "
+                   "the mean diagonal (default 1.0: robust when the calibration text differs from the use)")
+    s.add_argument("--gptq-one-pass", action="store_true", help="GPTQ every block on the full-precision model's "
+                   "statistics (one pass; default: block by block on the already quantized blocks' outputs)")
 
 
 def resolve_method(args: argparse.Namespace) -> str:
@@ -42,13 +45,13 @@ def resolve_method(args: argparse.Namespace) -> str:
     return method
 
 
-def collect_stats(ckpt: Any, args: argparse.Namespace, gram: bool) -> Any:
-    """Calibration statistics of ckpt's model on the --calib files (seeded, deterministic)."""
+def collect_stats(ckpt: Any, args: argparse.Namespace, gram: bool) -> tuple[Any, Any]:
+    """(calibration statistics of ckpt's model on the --calib files, the token windows)."""
     from compress.calib import calibration_windows, collect
 
     windows, source = calibration_windows(ckpt.model, ckpt.tokenizer, args.calib, args.calib_tokens,
                                           args.calib_seq_len)
-    return collect(ckpt.model, windows, gram=gram, source=source)
+    return collect(ckpt.model, windows, gram=gram, source=source), windows
 
 
 def calibration(ckpt: Any, args: argparse.Namespace, method: str) -> Any:
@@ -57,10 +60,12 @@ def calibration(ckpt: Any, args: argparse.Namespace, method: str) -> Any:
     from export.gguf import imatrix as imx
     from export.gguf.calibrated import Calibration
 
-    gcfg = GPTQConfig(damp=args.gptq_damp)
+    gcfg = GPTQConfig(damp=args.gptq_damp, sequential=not args.gptq_one_pass)
     if getattr(args, "imatrix", None):
         return Calibration(imatrix=imx.read(args.imatrix), imatrix_path=str(args.imatrix), gptq=gcfg)
-    return Calibration(stats=collect_stats(ckpt, args, gram=method in NEEDS_GRAM), gptq=gcfg)
+    # sequential GPTQ collects its Gram matrices block by block; the first pass gives the imatrix
+    stats, windows = collect_stats(ckpt, args, gram=method in NEEDS_GRAM and not gcfg.sequential)
+    return Calibration(stats=stats, windows=windows, gptq=gcfg)
 
 
 def export_source(args: argparse.Namespace) -> tuple[Any, str, Any]:
@@ -102,7 +107,7 @@ def cmd_imatrix(args: argparse.Namespace) -> int:
     if not args.calib:
         raise SlimkitError("slimkit imatrix needs --calib FILE (calibration text)")
     ckpt = load(args.source)
-    stats = collect_stats(ckpt, args, gram=False)
+    stats, _ = collect_stats(ckpt, args, gram=False)
     names = imatrix_names(ckpt)
     im = imx.from_stats(stats, names, [", ".join(str(p) for p in args.calib)], args.calib_seq_len)
     (imx.write_legacy if out.suffix == ".dat" else imx.write)(im, out)

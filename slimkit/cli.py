@@ -163,7 +163,8 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     plan = QATPlan.parse_rules(args.plan, args.type_rule, args.learn_scales,
                                init=args.method or ("gptq+imatrix" if args.calib else "rtn"),
                                calib=tuple(str(p) for p in args.calib or ()), calib_tokens=args.calib_tokens,
-                               calib_seq_len=args.calib_seq_len, damp=args.gptq_damp)
+                               calib_seq_len=args.calib_seq_len, damp=args.gptq_damp,
+                               sequential=not args.gptq_one_pass)
     if args.no_teacher:
         if args.teacher:
             raise SlimkitError("--no-teacher and --teacher exclude each other")

@@ -72,6 +72,8 @@ def quantize_model(model: nn.Module, types: dict[str, str], stats: CalibStats | 
         raise SlimkitError(f"the model has no Linear/Embedding weight {unknown[0]}")
     result = QuantizedWeights(dict(types), {}, {"method": method})
     done: dict[int, str] = {}  # id(weight tensor) -> name already quantized (tied weights)
+    alias: dict[str, str] = {}
+    embeddings = {id(m.weight) for _, m in modules.values() if isinstance(m, nn.Embedding)}
     pending_gptq = []
     for name, qtype in types.items():
         module_name, module = modules[name]
@@ -80,8 +82,7 @@ def quantize_model(model: nn.Module, types: dict[str, str], stats: CalibStats | 
             first = done[id(w)]
             if types[first] != qtype:
                 raise SlimkitError(f"{name} is tied to {first} but planned as {qtype}, not {types[first]}")
-            if first in result.blocks:
-                result.blocks[name] = result.blocks[first]
+            alias[name] = first
             continue
         done[id(w)] = name
         if qtype not in formats.PACKED_TYPES:
@@ -89,7 +90,9 @@ def quantize_model(model: nn.Module, types: dict[str, str], stats: CalibStats | 
                 with torch.no_grad():
                     w.copy_(w.half().float())
             continue
-        has_stats = stats is not None and module_name in stats.sum_sq and isinstance(module, nn.Linear)
+        # a head tied to the embedding is quantized as the embedding (no statistics: the lookup uses it too)
+        has_stats = (stats is not None and module_name in stats.sum_sq and isinstance(module, nn.Linear)
+                     and id(w) not in embeddings)
         if method in NEEDS_GRAM and has_stats and module_name in stats.gram:
             pending_gptq.append(name)
             continue
@@ -97,7 +100,7 @@ def quantize_model(model: nn.Module, types: dict[str, str], stats: CalibStats | 
         blocks = weighted.quantize(w.detach().to(torch.float32), qtype, imp)
         _store(result, name, w, blocks, qtype)
     if pending_gptq:
-        gcfg = gptq.GPTQConfig(cfg.damp, method == "gptq+imatrix", cfg.batch)
+        gcfg = gptq.GPTQConfig(cfg.damp, method == "gptq+imatrix", cfg.batch, cfg.sequential)
         for group in _groups(pending_gptq, modules, types, stats):
             if progress:
                 progress(f"GPTQ {', '.join(group)}")
@@ -108,6 +111,9 @@ def quantize_model(model: nn.Module, types: dict[str, str], stats: CalibStats | 
             for n, w in zip(group, ws):
                 _store(result, n, w, blocks[at:at + w.shape[0]].contiguous(), types[n])
                 at += w.shape[0]
+    for name, first in alias.items():
+        if first in result.blocks:
+            result.blocks[name] = result.blocks[first]
     return result
 
 
@@ -124,6 +130,11 @@ def calibrated_init(model: nn.Module, tokenizer, plan) -> QuantizedWeights:
     from compress.calib import calibration_windows, collect
 
     windows, source = calibration_windows(model, tokenizer, list(plan.calib), plan.calib_tokens, plan.calib_seq_len)
-    stats = collect(model, windows, gram=plan.init in NEEDS_GRAM, source=source)
     types = {wname: plan.type_for(mname, tuple(m.weight.shape)) for wname, (mname, m) in _weights(model).items()}
-    return quantize_model(model, types, stats, plan.init, gptq.GPTQConfig(plan.damp))
+    cfg = gptq.GPTQConfig(plan.damp, sequential=plan.sequential)
+    if plan.init in NEEDS_GRAM and cfg.sequential:
+        from compress.quant.sequential import sequential_quantize
+
+        return sequential_quantize(model, windows, types, plan.init, cfg)
+    stats = collect(model, windows, gram=plan.init in NEEDS_GRAM, source=source)
+    return quantize_model(model, types, stats, plan.init, cfg)

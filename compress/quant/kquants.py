@@ -14,7 +14,9 @@ Exactness rules used throughout:
 - float constants such as 0.1f * is are rounded to float32 as C does (`_f32`);
 - sqrtf is correctly rounded (`_sqrtf`), torch.sqrt on float32 is not on every CPU;
 - `nearest_int` is emulated with its own bit trick, not torch.round, so out-of-range
-  values give the same garbage the C code then clamps.
+  values give the same garbage the C code then clamps. The scale searches, which run it
+  20-40 times per block, use torch.round (equal for |v| < 2**22) and fall back to the bit
+  trick when a block's values left that range (`_codes`, `_in_range`).
 """
 from __future__ import annotations
 
@@ -51,13 +53,13 @@ _ROUND_EXACT = float(2 ** 22)  # |v| below this: nearest_int(v) == torch.round(v
 
 
 def _codes(v: torch.Tensor, lo: int, hi: int, exact: bool) -> torch.Tensor:
-    """MAX(lo, MIN(hi, nearest_int(v))) as float32 (v is overwritten).
+    """MAX(lo, MIN(hi, nearest_int(v))) as float32, in place in v (the searches reuse buffers).
 
     exact=False uses torch.round, which equals nearest_int only for |v| < 2**22; the scale searches
     check that with _in_range and redo the work with exact=True (the bit trick) when it failed.
     """
     if exact:
-        return _nearest_int(v).clamp_(lo, hi).to(torch.float32)
+        return v.copy_(_nearest_int(v).clamp_(lo, hi))
     return v.round_().clamp_(lo, hi)
 
 
@@ -154,13 +156,14 @@ def _qkx_search(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta
     diff = (scale * _codes(iscale * (x - mn), 0, nmax, exact)).add_(mn).sub_(x)  # scale*L[i] + min - x[i]
     best = _seq_sum(diff.mul_(diff).mul_(w))  # best_error += w * diff*diff
     buf = torch.empty(x.shape[0], 3, x.shape[1], dtype=torch.float32, device=x.device)
+    laux = torch.empty_like(x)  # reused every step, like diff
     for step in range(nstep + 1):
         # iscale = (rmin + rdelta*is + nmax)/(max - min), all in float32
         c = _f32(_f32(np.float32(rmin) + _f32(np.float32(rdelta) * np.float32(step))) + np.float32(nmax))
         # min is the best candidate's offset so far: C reuses the updated `min` in both places
         iscale = _div(c, mx - mn)
         bad |= ~_in_range(iscale * (xmin - mn), iscale * (mx - mn))
-        laux = _codes((x - mn).mul_(iscale), 0, nmax, exact)  # (n, B)
+        _codes(torch.sub(x, mn, out=laux).mul_(iscale), 0, nmax, exact)  # (n, B)
         wl = torch.mul(w, laux, out=buf[:, 0])
         torch.mul(wl, laux, out=buf[:, 1])
         torch.mul(wl, x, out=buf[:, 2])
@@ -171,7 +174,7 @@ def _qkx_search(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta
         clip = this_min > 0  # then this_min = 0; this_scale = sum_xl / sum_l2;
         this_min = torch.where(clip, torch.zeros_like(this_min), this_min)
         this_scale = torch.where(clip, _div(sum_xl, sum_l2), this_scale)
-        diff = (this_scale * laux).add_(this_min).sub_(x)
+        torch.mul(laux, this_scale, out=diff).add_(this_min).sub_(x)  # this_scale * Laux[i] + this_min - x[i]
         cur = _seq_sum(diff.mul_(diff).mul_(w))
         better = (det > 0) & (cur < best)
         best_is = torch.where(better, iscale, best_is)
@@ -295,9 +298,11 @@ def _qx_search(x: torch.Tensor, nmax: int, qw: torch.Tensor | None,
     w = x * x if qw is None else qw
     wx = w * x
     buf = torch.empty(x.shape[0], 2, x.shape[1], dtype=torch.float32, device=x.device)
+    l = torch.empty_like(x)
 
     def fit(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        l = _codes(iscale * x, -nmax, nmax - 1, exact)  # MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x[i])))
+        # l = MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x[i])))
+        _codes(torch.mul(x, iscale, out=l), -nmax, nmax - 1, exact)
         torch.mul(wx, l, out=buf[:, 0])  # sumlx += w*x[i]*l
         torch.mul(w, l, out=buf[:, 1]).mul_(l)  # suml2 += w*l*l
         sumlx, suml2 = _seq_sum(buf)

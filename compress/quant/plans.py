@@ -45,7 +45,8 @@ class QATPlan:
     calib: tuple[str, ...] = ()
     calib_tokens: int = 8192
     calib_seq_len: int = 512
-    damp: float = 0.01
+    damp: float = 1.0  # GPTQ damping (compress.quant.gptq.DEFAULT_DAMP)
+    sequential: bool = True  # GPTQ block by block on the quantized blocks' outputs (compress.quant.sequential)
 
     def __post_init__(self) -> None:
         if self.init not in METHODS:
@@ -92,7 +93,7 @@ class QATPlan:
     def from_dict(cls, d: dict[str, Any]) -> "QATPlan":
         return cls(d.get("preset", "q4_0"), tuple(tuple(r) for r in d.get("rules", ())), bool(d.get("learn_scales")),
                    d.get("init", "rtn"), tuple(d.get("calib", ())), int(d.get("calib_tokens", 8192)),
-                   int(d.get("calib_seq_len", 512)), float(d.get("damp", 0.01)))
+                   int(d.get("calib_seq_len", 512)), float(d.get("damp", 1.0)), bool(d.get("sequential", True)))
 
     @classmethod
     def parse_rules(cls, preset: str, rules: list[str], learn_scales: bool = False, **init: Any) -> "QATPlan":

@@ -63,12 +63,12 @@ class Group(NamedTuple):
     """
 
     qtype: str
-    scale: torch.Tensor
-    offset: torch.Tensor
-    q: torch.Tensor
-    qmin: int
+    scale: torch.Tensor  # (rows, n_sub) float32
+    offset: torch.Tensor  # (rows, n_sub) float32
+    q: torch.Tensor  # (rows, G) float32 integer codes, as stored (0..15 for Q4_0, -127..127 for Q8_0)
+    qmin: int  # the smallest / largest code a stored block may hold (formats.LAYOUTS for legacy types)
     qmax: int
-    sub: int
+    sub: int  # weights per sub-block: 32, or 16 for Q6_K
     state: tuple
 
 
@@ -113,8 +113,8 @@ def _legacy(x: torch.Tensor, qtype: str, imp: torch.Tensor | None, sigma2: torch
     else:
         d, m, q = _legacy_weighted(x, qtype, imp, sigma2)
     lay = formats.layout(qtype)
-    # dequantize_row_q4_0: (q - 8) * d == d * q + (-8 * d) exactly; q4_1: d * q + m
-    offset = m if lay.affine else -lay.offset * d
+    # dequantize_row_q4_0: (q - 8) * d == d * q + (-8 * d) exactly; q4_1: d * q + m; q8_0: d * q
+    offset = m if lay.affine else -lay.offset * d if lay.offset else torch.zeros_like(d)
     return d, offset, q, (d, m)
 
 
@@ -173,7 +173,7 @@ def _q4_k_weighted(blocks: torch.Tensor, qw: torch.Tensor) -> tuple:
     sigma2 = _div(2 * sum_x2, torch.full_like(sum_x2, float(QK_K)))  # 2*sum_x2/QK_K
     sub = blocks.reshape(ns * 8, 32).T.contiguous()  # (32 elements, ns*8 sub-blocks)
     # weights[l] = qw[l] * sqrtf(sigma2 + x[32*j + l]*x[32*j + l])
-    w = qw.reshape(ns * 8, 32).T * _sqrtf(sigma2.repeat_interleave(8)[None, :] + sub * sub)
+    w = qw.reshape(ns * 8, 32).T.contiguous() * _sqrtf(sigma2.repeat_interleave(8)[None, :] + sub * sub)
     sw = _seq_sum(w).reshape(ns, 8).T  # sw[j] = sum of weights[l], (8, ns)
     # make_qkx3_quants(32, 15, x + 32*j, weights, L + 32*j, &mins[j], Laux, -0.9f, 0.05f, 36, false)
     L, scales, mins = _make_qkx2_quants(sub, w, 15, -0.9, 0.05, 36)
@@ -256,7 +256,7 @@ def choose(x: torch.Tensor, qtype: str, importance: torch.Tensor | None,
     qtype = _qtype(qtype)
     x = x.detach().to(torch.float32)
     block = QK_K if qtype in K_QUANTS else 32
-    if x.dim() != 2 or x.shape[1] == 0 or x.shape[1] % block:
+    if x.dim() != 2 or 0 in x.shape or x.shape[1] % block:
         raise ValueError(f"{qtype}: x must be (rows, G) with G a multiple of {block}, got {tuple(x.shape)}")
     imp = None
     if importance is not None and qtype != "Q8_0":

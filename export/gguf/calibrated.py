@@ -41,6 +41,7 @@ class Calibration:
     or an imatrix file's contents (method imatrix only)."""
 
     stats: CalibStats | None = None
+    windows: Any = None  # the calibration token windows (N, seq_len): sequential GPTQ runs on them
     imatrix: imx.Imatrix | None = None
     imatrix_path: str = ""
     gptq: GPTQConfig = GPTQConfig()
@@ -87,7 +88,11 @@ def export_calibrated(ckpt: Any, tmp: Path, etype: gtypes.ExportType, method: st
         raise SlimkitError(f"--method {method} calibrates quantized types; {etype.name} is a float type")
     im = imatrix_for(ckpt, cal)
     stats = cal.stats if cal.stats is not None else _stats_from_imatrix(ckpt, im)
-    check_method(method, stats)
+    sequential = method in NEEDS_GRAM and cal.gptq.sequential
+    if sequential and cal.windows is None:
+        raise SlimkitError(f"--method {method} needs the calibration windows (--calib FILE)")
+    if not sequential:
+        check_method(method, stats)
     values = {name: im.values(name) for name in im.sums}
     spec = arch_registry.get(ckpt.model.config)
     f32 = gtypes.parse("F32")
@@ -100,12 +105,17 @@ def export_calibrated(ckpt: Any, tmp: Path, etype: gtypes.ExportType, method: st
         for hf_name, name, tensor in spec.tensors(ckpt.model.state_dict()):
             if ref_types.get(name) in formats.PACKED_TYPES and tensor.dim() == 2:
                 hf_types[hf_name] = ref_types[name]
-        if method in NEEDS_GRAM and not any(h.removesuffix(".weight") in stats.gram for h in hf_types):
+        if method in NEEDS_GRAM and not any(h.startswith("model.layers.") for h in hf_types):
             raise SlimkitError(f"--method {method} does not apply to {etype.name}: none of its tensor types is one "
                                f"slimkit packs ({', '.join(formats.PACKED_TYPES)}); use --method imatrix")
         out = copy.copy(ckpt)
         out.model = copy.deepcopy(ckpt.model)
-        quant = quantize_model(out.model, hf_types, stats, method, cal.gptq)
+        if sequential:
+            from compress.quant.sequential import sequential_quantize
+
+            quant = sequential_quantize(out.model, cal.windows, hf_types, method, cal.gptq)
+        else:
+            quant = quantize_model(out.model, hf_types, stats, method, cal.gptq)
         write_native(out, work / "mixed.gguf", f32, quant=quant)
         llama_quantize(work / "mixed.gguf", tmp, etype, threads, imatrix=values, allow_requantize=True)
     got = _tensor_types(tmp)

@@ -138,6 +138,18 @@ def test_near_fp16_overflow(ggml: ctypes.CDLL, name: str, kind: str) -> None:
     assert 0.9 * 65504 < finite.amax().item() <= 65504 and finite.numel() < d.numel()
 
 
+@pytest.mark.parametrize("name", [t for t in TYPES if t != "Q8_0"])
+def test_float32_subnormal_inputs(ggml: ctypes.CDLL, name: str) -> None:
+    """Weights of 1e-38 .. 1e-44: c / (max - min) overflows to inf in make_qkx3_quants, so the fast
+    torch.round path is refused and the nearest_int bit trick reproduces the C's garbage codes.
+    (The reference legacy quantizers in formats.py do not match ggml at these magnitudes.)"""
+    x = torch.randn(6, 512, generator=_gen(11)) * torch.tensor([1e-36, 1e-38, 1e-39, 1e-41, 1e-43, 1e-44])[:, None]
+    x[1, :40] = 0.0
+    for kind in ("uniform", "zeros"):
+        imp = importance(kind, 512)
+        assert_same_bytes(weighted.quantize(x, name, imp), ggml_quantize(ggml, name, x, imp), f"{name}/{kind}")
+
+
 def test_row_sigma2_is_the_sequential_float32_sum() -> None:
     x = torch.randn(7, 576, generator=_gen(4)) * 3
     a = x.numpy()
@@ -148,11 +160,11 @@ def test_row_sigma2_is_the_sequential_float32_sum() -> None:
 @pytest.mark.parametrize("name", TYPES)
 def test_choose_by_group_matches_whole_rows(name: str) -> None:
     """GPTQ calls choose one group of columns at a time, with sigma2 of the whole rows."""
-    x = torch.randn(16, 768, generator=_gen(5))
-    imp = importance("skewed", 768)
-    sigma2 = weighted.row_sigma2(x)
     G = formats.block_size(name)
-    parts = [weighted.choose(x[:, j:j + G], name, imp[j:j + G], sigma2) for j in range(0, 768, G)]
+    x = torch.randn(16, 3 * G if G == 256 else 8 * G, generator=_gen(5))
+    imp = importance("skewed", x.shape[1])
+    sigma2 = weighted.row_sigma2(x)
+    parts = [weighted.choose(x[:, j:j + G], name, imp[j:j + G], sigma2) for j in range(0, x.shape[1], G)]
     whole = torch.cat([weighted.pack(p, p.q) for p in parts], dim=1)
     assert torch.equal(whole, weighted.quantize(x, name, imp))
     g = weighted.choose(x, name, imp, sigma2)
@@ -203,8 +215,9 @@ def test_weighted_lowers_importance_weighted_error(name: str) -> None:
         y = formats.dequantize(weighted.quantize(x, name, w), name, tuple(x.shape))
         errs.append(((x - y) ** 2 * imp).sum(dim=1))  # (rows,)
     ref, ours = errs
-    assert ours.mean() < 0.9 * ref.mean(), (name, ours.mean().item(), ref.mean().item())
-    assert (ours < ref).float().mean() > 0.6
+    # measured: 0.20 (Q4_1, Q5_1) .. 0.46 (Q4_0) of the reference's error, lower on every row
+    assert ours.mean() < 0.7 * ref.mean(), (name, ours.mean().item(), ref.mean().item())
+    assert (ours < ref).float().mean() > 0.9
 
 
 def test_q8_0_ignores_importance() -> None:
@@ -261,7 +274,7 @@ def test_bytes_identical_on_real_weights(ggml: ctypes.CDLL, real_layers: dict, n
     for layer, (w, imp) in real_layers.items():
         if w.shape[1] % formats.block_size(name):
             continue  # rows of 576 hold no whole 256-weight super-block (llama.cpp falls back too)
-        w = w[:384] if name in ("Q4_K", "Q6_K") else w  # keep the test short
+        w = w[:384]  # rows are quantized independently: a subset keeps the test short
         assert (imp > 0).all()
         ours = weighted.quantize(w, name, imp)
         assert_same_bytes(ours, ggml_quantize(ggml, name, w, imp), f"{name}/{layer}")
