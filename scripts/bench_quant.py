@@ -9,8 +9,9 @@ their bundled GGUF) and each type (Q4_0, Q4_1, Q5_0, Q4_K_M, Q3_K_M, Q2_K), one 
   gptq          `--method gptq` (GPTQ, reference block scales) inside llama.cpp's mix for T
   gptq+imatrix  `--method gptq+imatrix` (GPTQ, importance-weighted block scales)
   autoround     the peer: AutoRound (PyPI auto-round, its own virtualenv) for Q4_0 and Q4_K_M, smollm2
-Calibration: at most 32k tokens of TinyStories (train head) + tiny Shakespeare, never the eval text;
-one pass collects the imatrix and the Gram matrices. Eval: WikiText-2 v1 valid, 16 windows of 512,
+Calibration: 8192 tokens (at most 32k) of TinyStories (train head) + tiny Shakespeare in turn, never
+the eval text; one pass collects the imatrix, GPTQ then runs block by block (compress.quant.sequential)
+with its default damping. Eval: WikiText-2 v1 valid, 16 windows of 512,
 llama.cpp, every file side by side with the model's F16 file: perplexity, `kld` = mean
 KL(F16 || file) of the next-token distributions over every scored token (llama-perplexity
 --kl-divergence), `top1` = argmax agreement with F16. The F16 log-probs are cached as float16
@@ -105,10 +106,10 @@ def _calibration(ckpt, tokens: int):
     start = time.perf_counter()
     files = [SHARED_DATA / "text" / f for f in CALIB]
     windows, source = calibration_windows(ckpt.model, ckpt.tokenizer, files, tokens, 512)
-    if windows.numel() < tokens:  # one file each way round is not enough: interleave both texts
+    if windows.numel() < tokens:
         raise SystemExit(f"bench_quant: the calibration text holds only {windows.numel()} tokens")
-    stats = collect(ckpt.model, windows, gram=True, source=source)
-    return stats, round(time.perf_counter() - start, 1)
+    stats = collect(ckpt.model, windows, source=source)  # the imatrix; sequential GPTQ collects its own Grams
+    return stats, windows, round(time.perf_counter() - start, 1)
 
 
 def _identical(a: Path, b: Path) -> bool:
@@ -181,8 +182,8 @@ def bench_model(model: str, types: list[str], methods: list[str], args) -> dict:
         export_gguf(ckpt, f16, "F16", validate=False)
     _log(f"{model}: F16 log-probs")
     scorer = Scorer(f16, work, args.windows)
-    stats, calib_seconds = _calibration(ckpt, args.calib_tokens)
-    cal = Calibration(stats=stats)
+    stats, windows, calib_seconds = _calibration(ckpt, args.calib_tokens)
+    cal = Calibration(stats=stats, windows=windows)
     _log(f"{model}: calibration {stats.tokens} tokens in {calib_seconds} s")
 
     def row(gtype: str, method: str) -> dict:
@@ -201,14 +202,21 @@ def bench_model(model: str, types: list[str], methods: list[str], args) -> dict:
     for gtype in types:
         for method in methods:
             rows.append(row(gtype, method))
-        if args.autoround and model == MODELS[0] and gtype in AUTOROUND_TYPES:
-            try:
-                rows.append(row(gtype, "autoround"))
-            except RuntimeError as exc:
-                rows.append({"model": model, "type": gtype, "method": "autoround", "error": str(exc)})
-                _log(f"autoround {gtype}: {exc}")
-    return {"rows": rows, "calib_tokens": stats.tokens, "calib_seconds": calib_seconds,
-            "calib_text": stats.source}
+    result = {"rows": rows, "calib_tokens": stats.tokens, "calib_seconds": calib_seconds, "calib_text": stats.source}
+    result["peer"] = lambda: _peer_rows(model, types, row, args)  # run after every model's own rows
+    return result
+
+
+def _peer_rows(model: str, types: list[str], row, args) -> list[dict]:
+    """AutoRound's files for the first model (each takes 15-25 minutes on 2 busy cores)."""
+    rows = []
+    for gtype in (t for t in types if t in AUTOROUND_TYPES):
+        try:
+            rows.append(row(gtype, "autoround"))
+        except RuntimeError as exc:
+            rows.append({"model": model, "type": gtype, "method": "autoround", "error": str(exc)})
+            _log(f"autoround {gtype}: {exc}")
+    return rows
 
 
 def headline(rows: list[dict]) -> dict:
@@ -249,7 +257,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--types", nargs="+", default=TYPES)
     ap.add_argument("--methods", nargs="+", default=METHODS)
-    ap.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (the issue allows 32k)")
+    ap.add_argument("--calib-tokens", type=int, default=8192, help="calibration tokens (at most 32k)")
+    ap.add_argument("--model-methods", action="append", default=[], metavar="MODEL=M1,M2",
+                    help="methods for one model instead of --methods (e.g. to keep a larger model's run short)")
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--no-autoround", dest="autoround", action="store_false")
     ap.add_argument("--work", type=Path, default=Path("build/bench_quant"))
@@ -259,7 +269,13 @@ def main() -> None:
             sys.exit(f"bench_quant: {f} is missing (needs ../shared/data)")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # llama.cpp on a shared machine
     start = time.perf_counter()
-    per_model = {m: bench_model(m, args.types, args.methods, args) for m in args.models}
+    chosen = dict(item.split("=", 1) for item in args.model_methods)
+    per_model = {m: bench_model(m, args.types, chosen[m].split(",") if m in chosen else args.methods, args)
+                 for m in args.models}
+    for i, (m, v) in enumerate(per_model.items()):
+        peer = v.pop("peer")
+        if args.autoround and i == 0:
+            v["rows"] += peer()
     rows = [r for m in per_model.values() for r in m["rows"]]
     metrics = {**headline(per_model[args.models[0]]["rows"]), "headline_model": args.models[0],
                "by_model": {m: headline(v["rows"]) for m, v in per_model.items()},
