@@ -146,3 +146,15 @@ def tiny_gguf_file(tmp_path_factory, ckpt, gtype: str, name: str) -> Path:
     out = tmp_path_factory.mktemp("gguf") / name
     export_gguf(ckpt, out, gtype, validate=False)
     return out
+
+
+def libggml_base():
+    """ggml's own quantizers: the libggml-base shared library that llama-cpp-python ships (ctypes),
+    or skip when llama-cpp-python or its bundled ggml is missing."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"
+    if not path.is_file():
+        pytest.skip(f"{path} not found: llama-cpp-python without its bundled ggml")
+    return ctypes.CDLL(str(path))

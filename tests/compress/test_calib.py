@@ -6,7 +6,7 @@ import torch
 
 from compress.calib import MIN_CALIB_TOKENS, calibration_windows, collect
 from compress.errors import SlimkitError
-from tests.conftest import TRAIN_TEXT, tiny_llama
+from conftest import TRAIN_TEXT, tiny_llama
 
 
 def _windows(ckpt, n=3, seq=32):

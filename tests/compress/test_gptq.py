@@ -13,7 +13,7 @@ from compress.quant import formats, gptq
 from compress.quant.calibrated import quantize_model
 from compress.quant.plans import QATPlan
 from compress.quant.qat import convert_qat, prepare_qat
-from tests.conftest import TRAIN_TEXT, tiny_gemma3, tiny_llama
+from conftest import TRAIN_TEXT, tiny_gemma3, tiny_llama
 
 
 def _stats(ckpt):

@@ -7,7 +7,6 @@ package only dequantizes K-quants, so it is a second reference for dequantizatio
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
@@ -25,11 +24,9 @@ TYPES: dict[str, tuple[Callable, Callable, tuple[int, int], str]] = {
 
 @pytest.fixture(scope="module")
 def ggml() -> ctypes.CDLL:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    path = Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"
-    if not path.is_file():
-        pytest.skip(f"{path} not found: llama-cpp-python without its bundled ggml")
-    lib = ctypes.CDLL(str(path))
+    from conftest import libggml_base
+
+    lib = libggml_base()
     for suffix in ("q4_K", "q6_K"):
         for fn in (f"quantize_row_{suffix}_ref", f"dequantize_row_{suffix}"):
             getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]

@@ -8,7 +8,6 @@ which compress.quant.formats reproduces. Q8_0 ignores the imatrix (quantize_q8_0
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,11 +22,9 @@ LEVELS = {"Q4_0": 8, "Q4_1": 7.5, "Q5_0": 16, "Q5_1": 15.5, "Q8_0": 127, "Q4_K":
 
 @pytest.fixture(scope="module")
 def ggml() -> ctypes.CDLL:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    path = Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"
-    if not path.is_file():
-        pytest.skip(f"{path} not found: llama-cpp-python without its bundled ggml")
-    lib = ctypes.CDLL(str(path))
+    from conftest import libggml_base
+
+    lib = libggml_base()
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t

@@ -20,7 +20,7 @@ from export.gguf import types as gtypes  # noqa: E402
 from export.gguf.calibrated import Calibration, imatrix_names  # noqa: E402
 from export.gguf.quantize import llama_quantize  # noqa: E402
 from export.gguf.writer import export_gguf, write_native  # noqa: E402
-from tests.conftest import TRAIN_TEXT, tiny_gemma3, tiny_llama  # noqa: E402
+from conftest import TRAIN_TEXT, tiny_gemma3, tiny_llama  # noqa: E402
 from tests.slimkit.test_cli_bad_input import assert_one_line_error, run_cli  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from compress.calib import collect
 from compress.errors import SlimkitError
 from export.gguf import imatrix as imx
 from export.gguf.calibrated import imatrix_names
-from tests.conftest import tiny_llama
+from conftest import tiny_llama
 
 
 def _stats(ckpt, gram=False, n=4, seq=48):
