@@ -39,6 +39,7 @@ METHODS = ["rtn", "imatrix", "gptq", "gptq+imatrix"]
 CALIB = ["tinystories_train_head.txt.gz", "tiny_shakespeare.txt.gz"]
 EVAL = SHARED_DATA / "text" / "wikitext2_v1_tokenized_valid.txt.gz"
 AUTOROUND_TYPES = {"Q4_0": "q4_0", "Q4_K_M": "q4_k_m"}
+IDENTITY_TYPES = ("Q4_0", "Q4_1", "Q5_0")  # slimkit's own --method imatrix file compared byte for byte
 
 
 def _log(msg: str) -> None:
@@ -131,6 +132,9 @@ def _make(model: str, gtype: str, method: str, ckpt, cal, work: Path) -> tuple[P
 
     out = work / f"{gtype}-{method.replace('+', '_')}.gguf"
     meta = work / (out.name + ".meta.json")
+    making = work / (out.name + ".making")  # another invocation (--make-peer-files) is writing it
+    while making.is_file() and not meta.is_file():
+        time.sleep(30)
     if out.is_file() and meta.is_file():
         return out, json.loads(meta.read_text())
     start = time.perf_counter()
@@ -138,32 +142,39 @@ def _make(model: str, gtype: str, method: str, ckpt, cal, work: Path) -> tuple[P
     if method == "rtn":
         export_gguf(ckpt, out, gtype, validate=False)
     elif method == "imatrix":  # llama.cpp's own quantizer with the imatrix: the llama.cpp user's file
-        im = from_stats(cal.stats, imatrix_names(ckpt), [cal.stats.source], 512)
+        im = from_stats(cal().stats, imatrix_names(ckpt), [cal().stats.source], 512)
         f32 = work / "f32.gguf"
         if not f32.is_file():
             write_native(ckpt, f32, gtypes.parse("F32"))
         llama_quantize(f32, out, gtypes.parse(gtype), imatrix={n: im.values(n) for n in im.sums})
         extra["quantize_seconds"] = round(time.perf_counter() - start, 1)
-        ours = work / f"{gtype}-imatrix-slimkit.gguf"
-        export_gguf(ckpt, ours, gtype, method="imatrix", calibration=cal)
-        extra["identical_to_llama_cpp"] = _identical(out, ours)
-        extra["slimkit_quantize_seconds"] = round(time.perf_counter() - start - extra["quantize_seconds"], 1)
-        ours.unlink()
+        if gtype in IDENTITY_TYPES:
+            ours = work / f"{gtype}-imatrix-slimkit.gguf"
+            export_gguf(ckpt, ours, gtype, method="imatrix", calibration=cal())
+            extra["identical_to_llama_cpp"] = _identical(out, ours)
+            extra["slimkit_quantize_seconds"] = round(time.perf_counter() - start - extra["quantize_seconds"], 1)
+            ours.unlink()
     elif method == "autoround":
         from scripts.peer_autoround import quantize_with_autoround
 
+        making.write_text(str(os.getpid()))
         hf = work / "hf"
         if not (hf / "config.json").is_file():
             from compress.checkpoint import save
 
             save(ckpt, hf)
         calib_text = SHARED_DATA / "text" / CALIB[0]
-        extra = quantize_with_autoround(hf, calib_text, AUTOROUND_TYPES[gtype], out, work=work / "autoround")
+        try:
+            extra = quantize_with_autoround(hf, calib_text, AUTOROUND_TYPES[gtype], out, work=work / "autoround")
+        except BaseException:
+            making.unlink(missing_ok=True)
+            raise
     else:
-        res = export_gguf(ckpt, out, gtype, method=method, calibration=cal)
+        res = export_gguf(ckpt, out, gtype, method=method, calibration=cal())
         extra["validation_passed"] = bool(res.validation and res.validation["passed"])
     extra.setdefault("quantize_seconds", round(time.perf_counter() - start, 1))
     meta.write_text(json.dumps(extra))
+    making.unlink(missing_ok=True)
     return out, extra
 
 
@@ -182,9 +193,17 @@ def bench_model(model: str, types: list[str], methods: list[str], args) -> dict:
         export_gguf(ckpt, f16, "F16", validate=False)
     _log(f"{model}: F16 log-probs")
     scorer = Scorer(f16, work, args.windows)
-    stats, windows, calib_seconds = _calibration(ckpt, args.calib_tokens)
-    cal = Calibration(stats=stats, windows=windows)
-    _log(f"{model}: calibration {stats.tokens} tokens in {calib_seconds} s")
+    calib_path = work / "calibration.json"
+    state: dict = {}
+
+    def cal() -> Calibration:  # computed once, only when a file still has to be made
+        if "cal" not in state:
+            stats, windows, seconds = _calibration(ckpt, args.calib_tokens)
+            state["cal"] = Calibration(stats=stats, windows=windows)
+            calib_path.write_text(json.dumps({"calib_tokens": stats.tokens, "calib_seconds": seconds,
+                                              "calib_text": stats.source}))
+            _log(f"{model}: calibration {stats.tokens} tokens in {seconds} s")
+        return state["cal"]
 
     def row(gtype: str, method: str) -> dict:
         path, extra = _make(model, gtype, method, ckpt, cal, work)
@@ -201,8 +220,12 @@ def bench_model(model: str, types: list[str], methods: list[str], args) -> dict:
     scores_path.write_text(json.dumps(scores, indent=1))
     for gtype in types:
         for method in methods:
+            if method == "gptq" and args.plain_gptq_types and gtype not in args.plain_gptq_types:
+                continue
             rows.append(row(gtype, method))
-    result = {"rows": rows, "calib_tokens": stats.tokens, "calib_seconds": calib_seconds, "calib_text": stats.source}
+    if not calib_path.is_file():
+        cal()
+    result = {"rows": rows, **json.loads(calib_path.read_text())}
     result["peer"] = lambda: _peer_rows(model, types, row, args)  # run after every model's own rows
     return result
 
@@ -217,6 +240,20 @@ def _peer_rows(model: str, types: list[str], row, args) -> list[dict]:
             rows.append({"model": model, "type": gtype, "method": "autoround", "error": str(exc)})
             _log(f"autoround {gtype}: {exc}")
     return rows
+
+
+def make_peer_files(args) -> None:
+    from compress.checkpoint import load
+
+    model = args.models[0]
+    work = args.work.resolve() / model
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = load(model)
+    for gtype in (t for t in args.types if t in AUTOROUND_TYPES):
+        try:
+            _make(model, gtype, "autoround", ckpt, None, work)
+        except RuntimeError as exc:
+            _log(f"autoround {gtype}: {exc}")
 
 
 def headline(rows: list[dict]) -> dict:
@@ -263,14 +300,24 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--no-autoround", dest="autoround", action="store_false")
     ap.add_argument("--work", type=Path, default=Path("build/bench_quant"))
+    ap.add_argument("--model-types", action="append", default=[], metavar="MODEL=T1,T2",
+                    help="types for one model instead of --types")
+    ap.add_argument("--plain-gptq-types", nargs="*", default=None, metavar="TYPE",
+                    help="run the plain gptq method (reference block scales) only for these types")
+    ap.add_argument("--make-peer-files", action="store_true", help="only write the AutoRound files of the first "
+                    "model (run beside the main invocation on another core; it waits for them)")
     args = ap.parse_args()
+    if args.make_peer_files:
+        return make_peer_files(args)
     for f in [EVAL, *(SHARED_DATA / "text" / t for t in CALIB)]:
         if not f.is_file():
             sys.exit(f"bench_quant: {f} is missing (needs ../shared/data)")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # llama.cpp on a shared machine
     start = time.perf_counter()
     chosen = dict(item.split("=", 1) for item in args.model_methods)
-    per_model = {m: bench_model(m, args.types, chosen[m].split(",") if m in chosen else args.methods, args)
+    typed = dict(item.split("=", 1) for item in args.model_types)
+    per_model = {m: bench_model(m, typed[m].split(",") if m in typed else args.types,
+                                chosen[m].split(",") if m in chosen else args.methods, args)
                  for m in args.models}
     for i, (m, v) in enumerate(per_model.items()):
         peer = v.pop("peer")

@@ -113,7 +113,7 @@ def quantize_model(model: nn.Module, types: dict[str, str], stats: CalibStats | 
                 at += w.shape[0]
     for name, first in alias.items():
         if first in result.blocks:
-            result.blocks[name] = result.blocks[first]
+            result.blocks[name] = result.blocks[first].clone()  # its own tensor: safetensors refuses shared memory
     return result
 
 
