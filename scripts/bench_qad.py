@@ -67,7 +67,7 @@ SUFFIX = {"rtn": "", "gptq+imatrix": "_from_gptq", "gptq": "_from_gptq_reference
 def _train(init: str, work: Path, args: argparse.Namespace) -> tuple[Path, list[str], float | None]:
     """QAD from `init` (resumable); returns (checkpoint dir, the qat arguments, training seconds)."""
     out = work / ("qad" if init == "rtn" else f"qad-{init.replace('+', '_')}")
-    calib = ["--init", init, "--calib", *(str(SHARED_DATA / "text" / t) for t in TRAIN),
+    calib = ["--init", init, *(a for t in TRAIN for a in ("--calib", str(SHARED_DATA / "text" / t))),
              "--calib-tokens", str(args.calib_tokens)] if init != "rtn" else []
     train = [
         SOURCE, "--plan", "q4_0", "-o", str(out), "--data", *(str(SHARED_DATA / "text" / t) for t in TRAIN),

@@ -135,8 +135,8 @@ def _make(model: str, gtype: str, method: str, ckpt, cal, work: Path) -> tuple[P
     making = work / (out.name + ".making")  # another invocation (--make-peer-files) is writing it
     while making.is_file() and not meta.is_file():
         time.sleep(30)
-    if out.is_file() and meta.is_file():
-        return out, json.loads(meta.read_text())
+    if out.is_file() and meta.is_file():  # made by an earlier (interrupted or parallel) invocation
+        return out, {**json.loads(meta.read_text()), "made_by_earlier_invocation": True}
     start = time.perf_counter()
     extra: dict = {}
     if method == "rtn":
@@ -271,7 +271,11 @@ def headline(rows: list[dict]) -> dict:
     if gptqs and rtn:
         best = min(gptqs, key=lambda r: r["ppl"])
         out.update(ppl_q4_0_gptq=best["ppl"], q4_0_gptq_method=best["method"],
-                   recovery_q4_0_gptq=round((rtn["ppl"] - best["ppl"]) / (rtn["ppl"] - f16["ppl"]), 4))
+                   recovery_q4_0_gptq=round((rtn["ppl"] - best["ppl"]) / (rtn["ppl"] - f16["ppl"]), 4),
+                   kld_q4_0_gptq=best["kld"], top1_q4_0_gptq=best["top1"])
+    for name, r in (("rtn", rtn), ("imatrix", imat)):
+        if r:
+            out[f"kld_q4_0_{name}"], out[f"top1_q4_0_{name}"] = r["kld"], r["top1"]
     krtn, kim = get("Q4_K_M", "rtn"), get("Q4_K_M", "imatrix")
     if krtn:
         out["ppl_q4_k_m_rtn"] = krtn["ppl"]
@@ -332,7 +336,9 @@ def main() -> None:
                "protocol": {"eval_text": EVAL.name, "windows": args.windows, "ctx": 512, "runtime": "llama.cpp",
                             "kld": "mean KL(F16 || file) over every scored token, F16 log-probs cached as float16",
                             "calib_text": CALIB},
-               "wall_seconds": round(time.perf_counter() - start, 1), "load_avg": os.getloadavg()}
+               "wall_seconds": round(time.perf_counter() - start, 1), "load_avg": os.getloadavg(),
+               "note": "wall_seconds is this invocation's; rows marked made_by_earlier_invocation reuse files (and "
+                       "their scores) an earlier run of this script wrote to the work directory"}
     write_result("quant", metrics)
 
 

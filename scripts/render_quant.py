@@ -21,7 +21,8 @@ def render_quant(doc: dict, header: Callable, table: Callable) -> list[str]:
              f"({calib}; never the eval text). Wall {m['wall_seconds']} s, load average {m['load_avg']}.", ""]
     for model, h in m["by_model"].items():
         rows = [[f"`{key}`", what, h[key]] for key, what in HEADLINE if key in h]
-        extra = [f"`{k}` = **{h[k]}**" for k in ("recovery_q4_0_gptq", "kld_ratio_q4_k_m") if k in h]
+        extra = [f"`{k}` = **{h[k]}**" for k in ("recovery_q4_0_gptq", "kld_ratio_q4_k_m", "kld_q4_0_rtn",
+                                                  "kld_q4_0_imatrix", "kld_q4_0_gptq") if k in h]
         if "q4_0_gptq_method" in h:
             extra.append(f"(GPTQ variant: {h['q4_0_gptq_method']})")
         lines += [f"**{model}** — " + " ".join(extra), "", *table(["key", "file", "ppl"], rows), ""]
