@@ -206,6 +206,10 @@ def bench_model(model: str, types: list[str], methods: list[str], args) -> dict:
         return state["cal"]
 
     def row(gtype: str, method: str) -> dict:
+        out = work / f"{gtype}-{method.replace('+', '_')}.gguf"
+        if args.cached_only and not (out.is_file() and (work / (out.name + ".meta.json")).is_file()):
+            return {"model": model, "type": gtype, "method": method,
+                    "error": "not run yet (the session's time ran out; the script resumes where it stopped)"}
         path, extra = _make(model, gtype, method, ckpt, cal, work)
         if path.name not in scores:
             scores[path.name] = scorer.score(path)
@@ -308,6 +312,8 @@ def main() -> None:
                     help="types for one model instead of --types")
     ap.add_argument("--plain-gptq-types", nargs="*", default=None, metavar="TYPE",
                     help="run the plain gptq method (reference block scales) only for these types")
+    ap.add_argument("--cached-only", action="store_true", help="write the result from the files already made; "
+                    "rows not made yet are listed as such")
     ap.add_argument("--make-peer-files", action="store_true", help="only write the AutoRound files of the first "
                     "model (run beside the main invocation on another core; it waits for them)")
     args = ap.parse_args()
