@@ -58,7 +58,7 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-class _Collector:
+class Collector:
     """Forward pre-hooks that accumulate the statistics of each Linear's input."""
 
     def __init__(self, modules: dict[str, nn.Linear], gram: bool | set[str]) -> None:
@@ -122,7 +122,7 @@ def collect(model: nn.Module, windows: torch.Tensor, *, gram: bool | set[str] = 
         found = {n: found[n] for n in wanted}
     if windows.numel() == 0:
         raise SlimkitError("no calibration windows: give a longer --calib text")
-    collector = _Collector(found, gram)
+    collector = Collector(found, gram)
     was_training = model.training
     model.eval()
     bar = None

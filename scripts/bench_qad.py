@@ -10,7 +10,7 @@ perplexity is llama.cpp's on a GGUF file, WikiText-2 (v1, tokenized) validation,
   ppl_qad_q4_0    `slimkit qat --plan q4_0`: the full-precision model teaches its fake-quantized Q4_0
                   copy (forward KL) on the distillation benchmark's training text (TinyStories train
                   head + tiny Shakespeare), then `slimkit export gguf` writes the trained blocks
-  ppl_gptq_q4_0   with `--init gptq` (or another method): step 0 of QAD, the GPTQ blocks of the q4_0 plan
+  ppl_step0_from_gptq   with `--init gptq+imatrix`: step 0 of QAD, the GPTQ blocks of the q4_0 plan
                   (calibrated on 8192 tokens of the same training text), exported before any training
   ppl_qad_q4_0_from_gptq   QAD that starts from those blocks (`slimkit qat --init gptq+imatrix`)
 recovery = (ppl_ptq_q4_0 - ppl_qad) / (ppl_ptq_q4_0 - ppl_fp), per initialisation

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compress.calib import CalibStats, _Collector
+from compress.calib import CalibStats, Collector
 from compress.errors import SlimkitError
 from compress.quant.gptq import GPTQConfig
 from compress.quant.qat import QuantizedWeights
@@ -74,7 +74,7 @@ def _run(layer: nn.Module, xs: list[torch.Tensor], calls: list[tuple], after: Ca
 
 
 def _block_stats(modules: dict[str, nn.Linear], run: Callable[[Callable[[], None]], Any]) -> CalibStats:
-    collector = _Collector(modules, gram=True)
+    collector = Collector(modules, gram=True)
     try:
         run(collector.end_window)
     finally:

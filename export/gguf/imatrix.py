@@ -71,7 +71,7 @@ def from_stats(stats: Any, gguf_names: dict[str, str], datasets: list[str], chun
         module = hf_weight.removesuffix(".weight")
         if module not in stats.sum_sq:
             continue
-        im.sums[name] = stats.sum_sq[module].to(dtype=stats.sum_sq[module].dtype).numpy().astype(np.float32)
+        im.sums[name] = stats.sum_sq[module].numpy().astype(np.float32)
         im.counts[name] = float(stats.count[module])
     im.chunk_count = int(stats.tokens // chunk_size) if chunk_size else 0
     return im
