@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -36,6 +36,12 @@ class CalibStats:
     sum_sq: dict[str, torch.Tensor] = field(default_factory=dict)  # (in,) float64
     count: dict[str, int] = field(default_factory=dict)
     gram: dict[str, torch.Tensor] = field(default_factory=dict)  # (in, in) float64, shared between siblings
+    # with gram: sum of x (in,) float64, shared like gram (a bias column of least squares)
+    sum_x: dict[str, torch.Tensor] = field(default_factory=dict)
+    # with `targets` (least squares against another model's outputs Y, e.g. pruning recovery):
+    cross: dict[str, torch.Tensor] = field(default_factory=dict)  # X^T Y (in, out) float64
+    sum_y: dict[str, torch.Tensor] = field(default_factory=dict)  # sum of y (out,) float64
+    sq_y: dict[str, float] = field(default_factory=dict)  # sum of |y|^2 (the error of predicting 0)
     tokens: int = 0
     source: str = ""
 
@@ -59,15 +65,29 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 class Collector:
-    """Forward pre-hooks that accumulate the statistics of each Linear's input."""
+    """Forward pre-hooks that accumulate the statistics of each Linear's input.
 
-    def __init__(self, modules: dict[str, nn.Linear], gram: bool | set[str]) -> None:
+    `targets` ({name: callable returning this window's target Y for that Linear, (..., out)}) adds
+    the cross terms of a least-squares fit of the Linear's output to Y (implies its Gram matrix).
+    `skip` leaves out the first `skip` positions of every sequence (inputs and targets alike);
+    `weights` (callable returning this window's per-token weights, (B, T)) weights every token's row
+    (weighted least squares: rows scaled by sqrt(weight))."""
+
+    def __init__(self, modules: dict[str, nn.Linear], gram: bool | set[str],
+                 targets: dict[str, Callable[[], torch.Tensor]] | None = None, skip: int = 0,
+                 weights: Callable[[], torch.Tensor] | None = None) -> None:
         self.stats = CalibStats()
         self.want_gram = gram
-        self.seen: dict[int, tuple[torch.Tensor, str]] = {}  # id(input) -> (input kept alive, first reader)
+        self.targets = targets or {}
+        self.skip = skip
+        self.weights = weights
+        # id(input) -> (input kept alive, first reader, its float32 rows)
+        self.seen: dict[int, tuple[torch.Tensor, str, torch.Tensor]] = {}
         self.handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in modules.items()]
 
     def _wants_gram(self, name: str) -> bool:
+        if name in self.targets:
+            return True
         return self.want_gram if isinstance(self.want_gram, bool) else name in self.want_gram
 
     def _hook(self, name: str):
@@ -79,13 +99,16 @@ class Collector:
         st = self.stats
         sibling = self.seen.get(id(x))
         if sibling is not None and sibling[0] is x:  # q/k/v or gate/up: the same tensor as a sibling
-            first = sibling[1]
+            first, flat = sibling[1], sibling[2]
             st.sum_sq[name], st.count[name] = st.sum_sq[first], st.count[first]
             if first in st.gram:
-                st.gram[name] = st.gram[first]
+                st.gram[name], st.sum_x[name] = st.gram[first], st.sum_x[first]
+            elif self._wants_gram(name):
+                self._add_gram(name, flat)
+            self._add_cross(name, flat)
             return
-        self.seen[id(x)] = (x, name)  # kept alive until the window ends, so ids are not reused
-        flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)  # (tokens, in)
+        flat = self._rows(x)  # (tokens, in)
+        self.seen[id(x)] = (x, name, flat)  # kept alive until the window ends, so ids are not reused
         sq = (flat * flat).sum(dim=0, dtype=torch.float64)
         if name in st.sum_sq:
             st.sum_sq[name] += sq
@@ -93,11 +116,41 @@ class Collector:
         else:
             st.sum_sq[name], st.count[name] = sq, flat.shape[0]
         if self._wants_gram(name):
-            g = (flat.T @ flat).to(torch.float64)  # (in, in)
-            if name in st.gram:
-                st.gram[name] += g
-            else:
-                st.gram[name] = g
+            self._add_gram(name, flat)
+        self._add_cross(name, flat)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to(torch.float32)
+        if self.weights is not None:
+            x = x * self.weights().to(torch.float32).sqrt().unsqueeze(-1)
+        if self.skip and x.dim() >= 3:
+            x = x[:, self.skip:]
+        return x.reshape(-1, x.shape[-1])
+
+    def _add_gram(self, name: str, flat: torch.Tensor) -> None:
+        st = self.stats
+        g = (flat.T @ flat).to(torch.float64)  # (in, in)
+        s = flat.sum(dim=0, dtype=torch.float64)
+        if name in st.gram:
+            st.gram[name] += g
+            st.sum_x[name] += s
+        else:
+            st.gram[name], st.sum_x[name] = g, s
+
+    def _add_cross(self, name: str, flat: torch.Tensor) -> None:
+        if name not in self.targets:
+            return
+        st = self.stats
+        y = self._rows(self.targets[name]())  # (tokens, out)
+        if y.shape[0] != flat.shape[0]:
+            raise SlimkitError(f"least-squares target for {name} has {y.shape[0]} rows, its input {flat.shape[0]}")
+        xy, sy, yy = (flat.T @ y).to(torch.float64), y.sum(dim=0, dtype=torch.float64), float((y.double() ** 2).sum())
+        if name in st.cross:
+            st.cross[name] += xy
+            st.sum_y[name] += sy
+            st.sq_y[name] += yy
+        else:
+            st.cross[name], st.sum_y[name], st.sq_y[name] = xy, sy, yy
 
     def end_window(self) -> None:
         self.seen.clear()
@@ -145,6 +198,65 @@ def collect(model: nn.Module, windows: torch.Tensor, *, gram: bool | set[str] = 
         model.train(was_training)
     collector.stats.source = source
     return collector.stats
+
+
+# ------------------------------------------------------------------ block by block (sequential GPTQ, pruning recovery)
+class _Stop(Exception):
+    """Raised by the capture hook at the last block it needs: nothing after it is computed."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not len(layers):
+        raise SlimkitError(f"block-by-block calibration needs a decoder with model.layers; "
+                           f"{type(model).__name__} has none")
+    return layers
+
+
+@torch.no_grad()
+def capture(model: nn.Module, windows: torch.Tensor, *, first_only: bool = False
+            ) -> tuple[list[torch.Tensor], list[list[tuple]]]:
+    """(inputs of block 0 per window, (args, kwargs) of every block per window: attention masks and
+    rotary embeddings, per block, so gemma3's sliding and global layers keep their own). The
+    forward stops at the last block's input (with `first_only`, at block 0's: only its inputs and
+    arguments are recorded)."""
+    layers = decoder_layers(model)
+    inputs: list[torch.Tensor] = []
+    calls: list[list[tuple]] = [[] for _ in layers]
+
+    def hook_for(i: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if i == 0:
+                inputs.append(args[0].detach())
+            calls[i].append((args[1:], {k: v for k, v in kwargs.items() if k != "cache"}))
+            if first_only or i == len(layers) - 1:
+                raise _Stop
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for w in windows:
+            try:
+                model(input_ids=w[None], use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs, calls
+
+
+def run_block(layer: nn.Module, xs: list[torch.Tensor], calls: list[tuple], after: Callable[[], None] | None = None
+              ) -> list[torch.Tensor]:
+    """The block's outputs for inputs `xs` (one per window) with the arguments `capture` recorded;
+    `after` runs after each window (e.g. Collector.end_window)."""
+    out = []
+    for x, (args, kwargs) in zip(xs, calls):
+        y = layer(x, *args, **kwargs)
+        out.append((y[0] if isinstance(y, tuple) else y).detach())
+        if after is not None:
+            after()
+    return out
 
 
 def _file_windows(path: str | Path, tokenizer: Any, seq_len: int, seed: int) -> torch.Tensor:

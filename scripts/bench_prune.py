@@ -1,18 +1,26 @@
-"""Pruning benchmark: perplexity right after pruning (no training), per method and amount removed.
+"""Pruning benchmark: perplexity right after pruning (no training), with and without recovery.
 
-Model smollm2-135m-instruct; calibration on the head of TinyStories train; perplexity on WikiText-2
-valid (16 windows of 512, the protocol of `slimkit eval`). For each fraction of non-embedding
-parameters removed, the shape is searched once with the minitron scores (calibration loss over the
-depth/width candidates, as `slimkit prune --target-params` does), and every width method is
-applied to that same shape, so the rows compare importance criteria at equal shape;
-block-influence removes whole blocks to the same target.
+Models smollm2-135m-instruct (fractions 0.1, 0.25, 0.4) and gemma3-270m (0.25); calibration on the
+head of TinyStories train; perplexity in torch on WikiText-2 valid (16 windows of 512, the protocol
+of `slimkit eval`). Per model and fraction of non-embedding parameters removed:
+- the shape is searched once with minitron scores and no recovery (as `slimkit prune --target-params
+  --recover none` does), and every width method (minitron, taylor, magnitude, random) is applied to
+  that same shape, with `recover` none and ls (least-squares refits, compress.prune.recover);
+- block-influence (whole blocks, ShortGPT scores) with recover none; depth with linear bridges
+  (`ls` and `cosine` objective; blocks chosen for bridging among contiguous spans and block scores);
+- `search+ls`: the product path, `slimkit prune --target-params (1 - f) --calib ...` with recovery
+  by default: its own calibration pass, the shape search over width and depth candidates, each
+  repaired before it is ranked. Its wall time at 25% is `prune_75_seconds`.
+Rows are cached in build/bench_prune/<model>/rows.json, so an interrupted run continues;
+`--cached-only` writes the result from the rows made so far and lists the rest as not run.
 
-    .venv/bin/python scripts/bench_prune.py [--fractions 0.1 0.25 0.4] [--calib-tokens 8192]
+    .venv/bin/python scripts/bench_prune.py [--models ...] [--fractions 0.1 0.25 0.4] [--cached-only]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 import time
@@ -20,83 +28,172 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.benchlib import SHARED_DATA, write_result  # noqa: E402
+from scripts.benchlib import REPO, SHARED_DATA, write_result  # noqa: E402
 
-SOURCE = "smollm2-135m-instruct"
+MODELS = {"smollm2-135m-instruct": [0.10, 0.25, 0.40], "gemma3-270m": [0.25]}
 CALIB = SHARED_DATA / "text" / "tinystories_train_head.txt.gz"
 EVAL = SHARED_DATA / "text" / "wikitext2_v1_tokenized_valid.txt.gz"
 WIDTH_METHODS = ("minitron", "taylor", "magnitude", "random")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.10, 0.25, 0.40])
-    ap.add_argument("--calib-tokens", type=int, default=8192)
-    ap.add_argument("--windows", type=int, default=16)
-    args = ap.parse_args()
-    for f in (CALIB, EVAL):
-        if not f.is_file():
-            sys.exit(f"bench_prune: {f} is missing (needs ../shared/data)")
-    warnings.filterwarnings("ignore")
+def _plan(frac: float) -> list[tuple[str, str, str]]:
+    """(method, recover, bridge) rows per fraction."""
+    rows = [(m, r, "ls") for m in WIDTH_METHODS for r in ("none", "ls")]
+    rows += [("block-influence", "none", "ls"), ("block-influence", "ls", "ls"), ("block-influence", "ls", "cosine"),
+             ("search+ls", "ls", "ls")]
+    return rows
 
+
+def _key(method: str, frac: float, recover: str, bridge: str) -> str:
+    return f"{method}|{frac:g}|{recover}|{bridge}"
+
+
+class Rows:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def put(self, key: str, row: dict) -> None:
+        self.rows[key] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.rows, indent=1))
+        os.replace(tmp, self.path)
+
+
+def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
     import torch
 
     from compress.checkpoint import load
     from compress.evaluate import read_text, torch_perplexity
     from compress.prune import PruneConfig, prune
-    from compress.prune.importance import score
     from compress.prune.api import calibration_windows
+    from compress.prune.importance import score
 
+    todo = [(f, *p) for f in fractions for p in _plan(f) if _key(p[0], f, p[1], p[2]) not in rows.rows]
+    if not todo and "dense" in rows.rows:
+        return
     torch.manual_seed(0)
-    dense = load(SOURCE)
+    dense = load(name)
     text = read_text(EVAL)
 
     def ppl(model) -> float:
         return round(torch_perplexity(model, dense.tokenizer, text, ctx=512, max_chunks=args.windows).ppl, 4)
 
-    dense_ppl = ppl(dense.model)
-    print(f"dense ppl {dense_ppl}", flush=True)
+    if "dense" not in rows.rows:
+        rows.put("dense", {"ppl": ppl(dense.model)})
+    print(f"{name}: dense ppl {rows.rows['dense']['ppl']}", flush=True)
     base = dict(calib=str(CALIB), calib_tokens=args.calib_tokens)
     windows = calibration_windows(PruneConfig(method="minitron", target_params=1.0, **base), dense.tokenizer)
-    scores, score_seconds = {}, {}
-    for method in WIDTH_METHODS + ("block-influence",):
-        t = time.perf_counter()
-        scores[method] = score(dense.model, method, windows, progress=False)
-        score_seconds[method] = round(time.perf_counter() - t, 2)
-        print(f"scored {method} in {score_seconds[method]} s", flush=True)
+    scores: dict[str, object] = {}
+    shapes: dict[float, dict] = {}
 
-    rows, searches = [], []
-    for frac in args.fractions:
+    def scores_for(method: str):
+        if method not in scores:
+            t = time.perf_counter()
+            scores[method] = score(dense.model, method, windows, progress=False)
+            rows.rows.setdefault("score_seconds", {})[method] = round(time.perf_counter() - t, 2)
+        return scores[method]
+
+    for frac, method, recover, bridge in todo:
         keep = round(1 - frac, 6)
-        t = time.perf_counter()
-        res = prune(copy.deepcopy(dense), PruneConfig(method="minitron", target_params=keep, **base),
-                    scores=scores["minitron"], progress=False)
-        shape = res.plan.shape.as_dict()
-        searches.append({"removed_fraction": frac, "seconds": round(time.perf_counter() - t, 2), **res.plan.to_dict()})
-        results = {"minitron": res}
-        for method in WIDTH_METHODS[1:]:
-            results[method] = prune(copy.deepcopy(dense), PruneConfig(method=method, shape=shape, **base),
-                                    scores=scores[method], progress=False)
-        results["block-influence"] = prune(copy.deepcopy(dense), PruneConfig(method="block-influence",
-                                           target_params=keep, **base), scores=scores["block-influence"],
-                                           progress=False)
-        for method, r in results.items():
-            row = {"method": method, "removed_fraction": frac, "params": r.plan.params, "ppl": ppl(r.checkpoint.model),
-                   "actual_removed_fraction": round(r.plan.removed_fraction, 4), "shape": r.plan.shape.as_dict(),
-                   "calib_loss": round(r.stage["metrics"]["calib_loss"], 4)}
-            rows.append(row)
-            print(row, flush=True)
-            del r.checkpoint.model
+        start = time.perf_counter()
+        if method == "search+ls":   # the product path: everything inside prune(), timed
+            res = prune(copy.deepcopy(dense), PruneConfig(method="minitron", target_params=keep, **base),
+                        progress=False)
+        elif method == "block-influence":
+            res = prune(copy.deepcopy(dense), PruneConfig(method=method, target_params=keep, recover=recover,
+                                                          bridge=bridge, **base),
+                        scores=scores_for(method), progress=False)
+        else:
+            if frac not in shapes:
+                search = prune(copy.deepcopy(dense), PruneConfig(method="minitron", target_params=keep, recover="none",
+                                                                 **base), scores=scores_for("minitron"), plan_only=True,
+                               progress=False)
+                shapes[frac] = search.plan.shape.as_dict()
+            res = prune(copy.deepcopy(dense), PruneConfig(method=method, shape=shapes[frac], recover=recover, **base),
+                        scores=scores_for(method), progress=False)
+        seconds = time.perf_counter() - start
+        m = res.stage["metrics"]
+        row = {"model": name, "method": method, "removed_fraction": frac, "recover": recover,
+               "bridge": bridge if method in ("block-influence", "search+ls") and recover == "ls" else None,
+               "params": res.plan.params, "actual_removed_fraction": round(res.plan.removed_fraction, 4),
+               "shape": res.plan.shape.as_dict(), "layers": res.stage["kept"]["layers"],
+               "ppl": ppl(res.checkpoint.model), "calib_loss": round(m["calib_loss"], 4),
+               "calib_loss_pruned": round(m.get("calib_loss_pruned", m["calib_loss"]), 4),
+               "recovery_seconds": m.get("recovery_seconds"), "prune_seconds": round(seconds, 2)}
+        if "recovery" in res.stage:
+            row["bridges"] = [{k: b.get(k) for k in ("removed", "applied", "rel_err_before", "rel_err_after")}
+                              for b in res.stage["recovery"]["bridges"]]
+        if method == "search+ls":
+            row["candidates"] = res.plan.to_dict()["candidates"]
+        rows.put(_key(method, frac, recover, bridge), row)
+        print({k: v for k, v in row.items() if k != "candidates"}, flush=True)
+        del res
+
+
+def summarize(args) -> dict:
+    out: dict = {"models": {}, "rows": [], "not_run": []}
+    for name, fractions in args.models.items():
+        rows = Rows(args.work / name / "rows.json")
+        if "dense" in rows.rows:
+            out["models"][name] = {"dense_ppl": rows.rows["dense"]["ppl"],
+                                   "score_seconds": rows.rows.get("score_seconds", {})}
+        for f in fractions:
+            for method, recover, bridge in _plan(f):
+                r = rows.rows.get(_key(method, f, recover, bridge))
+                if r is None:
+                    out["not_run"].append({"model": name, "method": method, "removed_fraction": f, "recover": recover,
+                                           "bridge": bridge})
+                else:
+                    out["rows"].append(r)
+    main_model = "smollm2-135m-instruct"
+    at25 = [r for r in out["rows"] if r["model"] == main_model and r["removed_fraction"] == 0.25]
+    plain = [r for r in at25 if r["recover"] == "none"]
+    fixed = [r for r in at25 if r["recover"] == "ls"]
+    if main_model in out["models"]:
+        out["dense_ppl"] = out["models"][main_model]["dense_ppl"]
+    if plain:
+        out["ppl_25_no_recovery"] = min(r["ppl"] for r in plain)
+    if fixed:
+        best = min(fixed, key=lambda r: r["ppl"])
+        out["ppl_25_recovered"] = best["ppl"]
+        out["recovery_seconds"] = best["recovery_seconds"]
+        out["ppl_25_recovered_row"] = {k: best[k] for k in ("method", "recover", "bridge", "shape")}
+        if "dense_ppl" in out:
+            out["ppl_25_recovered_ratio"] = round(best["ppl"] / out["dense_ppl"], 3)
+    product = [r for r in at25 if r["method"] == "search+ls"]
+    if product:
+        out["prune_75_seconds"] = product[0]["prune_seconds"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--fractions", type=float, nargs="+", default=None, help="override every model's fractions")
+    ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_prune")
+    ap.add_argument("--cached-only", action="store_true", help="write the result from the rows made so far")
+    args = ap.parse_args()
+    args.models = {m: args.fractions or MODELS[m] for m in args.models}
+    for f in (CALIB, EVAL):
+        if not f.is_file():
+            sys.exit(f"bench_prune: {f} is missing (needs ../shared/data)")
+    warnings.filterwarnings("ignore")
+    if not args.cached_only:
+        for name, fractions in args.models.items():
+            run_model(name, fractions, args, Rows(args.work / name / "rows.json"))
     write_result("prune", {
-        "source": SOURCE, "dense_ppl": dense_ppl, "rows": rows,
-        "dense_params": searches[0]["dense_params"] if searches else None,
+        **summarize(args),
         "params_counted": "non-embedding (blocks + final norm)",
-        "ppl_protocol": f"{args.windows} windows of 512 tokens of {EVAL.name}",
-        "calibration": f"{args.calib_tokens} tokens of {CALIB.name} in windows of 512",
-        "shape_protocol": "per fraction, minitron shape search over depth/width candidates by calibration loss; "
-                          "taylor, magnitude and random pruned to that same shape; block-influence removes blocks "
-                          "to the same target",
-        "searches": searches, "score_seconds": score_seconds, "loadavg": list(os.getloadavg()),
+        "ppl_protocol": f"torch, {args.windows} windows of 512 tokens of {EVAL.name}",
+        "calibration": f"{args.calib_tokens} tokens of {CALIB.name} in windows of 512 (recovery: the first 8192)",
+        "shape_protocol": "per fraction, minitron shape search (no recovery) over depth/width candidates by "
+                          "calibration loss; taylor, magnitude and random pruned to that same shape; block-influence "
+                          "removes blocks to the same target; search+ls is the full `slimkit prune` path with recovery",
+        "loadavg": list(os.getloadavg()),
     })
 
 

@@ -121,24 +121,6 @@ def render_onnx(doc: dict) -> list[str]:
     return lines + [""]
 
 
-def render_prune(doc: dict) -> list[str]:
-    m = doc["metrics"]
-    lines = [
-        *_header(doc, "Structured pruning"), "",
-        f"Source: `{m['source']}`, {m['dense_params']:,} {m['params_counted']} parameters; dense perplexity "
-        f"`dense_ppl` = {m['dense_ppl']}. Perplexity right after pruning, no training: {m['ppl_protocol']}. "
-        f"Calibration: {m['calibration']}. Shapes: {m['shape_protocol']}.", "",
-    ]
-
-    def dims(shape: dict) -> str:
-        return "/".join(str(shape.get(k, "?")) for k in ("layers", "hidden", "ffn", "heads", "kv_heads"))
-
-    lines += _table(["removed", "method", "shape (layers/hidden/ffn/heads/kv)", "params", "ppl"],
-                    [[f"{r['removed_fraction']:.0%}", r["method"], dims(r.get("shape", {})), f"{r['params']:,}", r["ppl"]]
-                     for r in m["rows"]])
-    return lines + [""]
-
-
 def render_qad(doc: dict) -> list[str]:
     m = doc["metrics"]
     p, t, v = m["protocol"], m["training"], m["qad_export_validation"]
@@ -205,13 +187,19 @@ def _qad(doc: dict) -> list[str]:
     return render_qad(doc)
 
 
+def _prune(doc: dict) -> list[str]:
+    from scripts import render_prune
+
+    return render_prune.render_prune(doc, _header, _table)
+
+
 def _quant(doc: dict) -> list[str]:
     from scripts import render_quant
 
     return render_quant.render_quant(doc, _header, _table)
 
 
-RENDERERS = {"export": render_export, "prune": render_prune, "devices": render_devices, "distill": render_distill,
+RENDERERS = {"export": render_export, "prune": _prune, "devices": render_devices, "distill": render_distill,
              "onnx": render_onnx, "qad": _qad, "quant": _quant, "default_run": render_default_run,
              "rationale": render_rationale}
 

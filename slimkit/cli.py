@@ -211,7 +211,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     cfg = PruneConfig(method=args.method, target_params=args.target_params, shape=shape,
                       count_embeddings=args.count_embeddings, calib=str(args.calib) if args.calib else None,
                       calib_tokens=args.calib_tokens, calib_ctx=args.calib_ctx, align=args.align,
-                      depth_metric=args.depth_metric, seed=args.seed)
+                      depth_metric=args.depth_metric, seed=args.seed, recover=args.recover,
+                      recover_tokens=args.recover_tokens, recover_damp=args.recover_damp, bridge=args.bridge)
     if not args.plan_only:
         _check_writable(args.output)
     res = prune(args.source, cfg, plan_only=args.plan_only, on_plan=_print_plan)
@@ -219,7 +220,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         return 0
     out = save(res.checkpoint, args.output, stage=res.stage)
     m = res.stage["metrics"]
-    loss = (f"; calibration loss {m['calib_loss_dense']:.4f} -> {m['calib_loss']:.4f}" if "calib_loss" in m else "")
+    loss = ""
+    if "calib_loss_pruned" in m:
+        loss = (f"; calibration loss {m['calib_loss_dense']:.4f} dense, {m['calib_loss_pruned']:.4f} pruned, "
+                f"{m['calib_loss']:.4f} after {m['recovery_seconds']:.0f} s of least-squares recovery")
+    elif "calib_loss" in m:
+        loss = f"; calibration loss {m['calib_loss_dense']:.4f} -> {m['calib_loss']:.4f}"
     print(f"wrote {out} ({m['params_total']:,} parameters in all){loss}")
     return 0
 
@@ -228,11 +234,14 @@ def _print_plan(plan) -> None:
     what = "parameters" if plan.embeddings_counted else "non-embedding parameters"
     print(f"plan: {plan.params:,} of {plan.dense_params:,} {what} kept "
           f"({100 * plan.removed_fraction:.1f}% removed)")
-    rows = [("", "layers", "hidden", "ffn", "heads", "kv_heads", "params", "calib loss")]
-    rows.append(("dense", *plan.dense.as_dict().values(), f"{plan.dense_params:,}", ""))
+    recovered = any(c.loss_pruned is not None for c in plan.candidates)
+    head = ("calib loss pruned", "recovered", "recovery s") if recovered else ("calib loss",)
+    rows = [("", "layers", "hidden", "ffn", "heads", "kv_heads", "params", *head)]
+    rows.append(("dense", *plan.dense.as_dict().values(), f"{plan.dense_params:,}", *[""] * len(head)))
     for k, c in enumerate(plan.candidates):
         loss = f"{c.loss:.4f}" if c.loss is not None else "-"
-        rows.append(((">> " if k == 0 else "   ") + c.name, *c.shape.as_dict().values(), f"{c.params:,}", loss))
+        cells = (f"{c.loss_pruned:.4f}", loss, f"{c.recover_seconds:.1f}") if recovered else (loss,)
+        rows.append(((">> " if k == 0 else "   ") + c.name, *c.shape.as_dict().values(), f"{c.params:,}", *cells))
     _print_table(rows)
     sys.stdout.flush()
 
@@ -439,6 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--depth-metric", default="influence", choices=["influence", "ppl"],
                    help="rank blocks by block influence (ShortGPT) or by the loss increase when dropped")
     s.add_argument("--seed", type=int, default=0, help="seed of the random method")
+    s.add_argument("--recover", choices=["ls", "none"], default=None, help="repair the pruned model from calibration "
+                   "activations: least-squares refits of pruned layers and linear bridges over removed blocks "
+                   "(default: ls when --calib is given)")
+    s.add_argument("--recover-tokens", type=int, default=None, help="calibration tokens the recovery fits on "
+                   "(default 8192, at most --calib-tokens)")
+    s.add_argument("--recover-damp", type=float, default=0.1, help="ridge toward the pruned weights, relative to "
+                   "the mean diagonal of X^T X (default 0.1)")
+    s.add_argument("--bridge", choices=["ls", "cosine"], default="ls", help="objective of the linear bridges over "
+                   "removed blocks (ReplaceMe): least squares or cosine distance")
     s.add_argument("--plan-only", action="store_true", help="print the plan and stop")
     s.set_defaults(func=_cmd_prune)
 

@@ -1,6 +1,7 @@
 """The prune verb: config, plan (shape + why), prune."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,13 @@ import torch
 
 from compress.errors import SlimkitError
 from compress.prune.importance import CALIBRATED, METHODS, Scores, score
-from compress.prune.search import Candidate, calibration_loss, candidates, rank
+from compress.prune.recover import RecoverConfig
+from compress.prune.search import Candidate, calibration_loss, candidates, rank, with_spans
 from compress.prune.shape import ArchInfo, Shape, count_params, shape_of
 from compress.prune.surgery import apply_shape
 
 SHAPE_KEYS = ("layers", "hidden", "ffn", "heads", "kv_heads")
+DEFAULT_RECOVER_TOKENS = 8192   # 16 windows of 512: the fits have ~10x more rows than unknowns per output
 DEFAULT_MODE = "ffn+heads+hidden, 0% as blocks"   # the plan when there is no calibration text to search with
 
 
@@ -31,6 +34,10 @@ class PruneConfig:
     align: int = 32                           # width multiple (32: Q4_0/Q8_0 blocks; 256: K-quant rows; 1: off)
     depth_metric: str = "influence"           # block ranking: "influence" (ShortGPT) or "ppl" (drop one block)
     seed: int = 0
+    recover: str | None = None                # "ls" (least-squares refits + bridges) or "none"; None: ls with calib
+    recover_tokens: int | None = None         # calibration tokens the recovery fits on (first windows); None: 8192
+    recover_damp: float = 0.1                 # ridge toward the pruned weights, relative to mean diag(X^T X)
+    bridge: str = "ls"                        # depth bridges: least squares or cosine objective
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -51,6 +58,27 @@ class PruneConfig:
             raise SlimkitError("--align must be >= 1 and --calib-tokens at least one window (--calib-ctx)")
         if self.depth_metric not in ("influence", "ppl"):
             raise SlimkitError(f"--depth-metric must be influence or ppl, got {self.depth_metric!r}")
+        if self.recover not in (None, "ls", "none"):
+            raise SlimkitError(f"--recover must be ls or none, got {self.recover!r}")
+        if self.recover == "ls" and not self.calib:
+            raise SlimkitError("--recover ls fits on calibration activations: give --calib FILE (or --recover none)")
+        if self.recover_tokens is not None and not self.calib_ctx <= self.recover_tokens <= self.calib_tokens:
+            raise SlimkitError(f"--recover-tokens {self.recover_tokens} must be between one window (--calib-ctx "
+                               f"{self.calib_ctx}) and --calib-tokens {self.calib_tokens}")
+        self.recover_config()   # validates --recover-damp and --bridge
+
+    @property
+    def recovering(self) -> bool:
+        """Least-squares recovery after pruning: asked for, or by default when there is calibration text."""
+        return self.recover == "ls" or (self.recover is None and bool(self.calib))
+
+    @property
+    def recover_windows(self) -> int:
+        tokens = self.recover_tokens if self.recover_tokens is not None else min(DEFAULT_RECOVER_TOKENS, self.calib_tokens)
+        return max(1, tokens // self.calib_ctx)
+
+    def recover_config(self) -> RecoverConfig:
+        return RecoverConfig(damp=self.recover_damp, bridge=self.bridge)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,6 +96,7 @@ class Plan:
     dense_params: int
     embeddings_counted: bool
     candidates: list[Candidate]
+    layers: tuple[int, ...] | None = None   # kept blocks when chosen for bridging (else by block score)
 
     @property
     def removed_fraction(self) -> float:
@@ -77,8 +106,16 @@ class Plan:
         return {"dense": self.dense.as_dict(), "shape": self.shape.as_dict(), "params": self.params,
                 "dense_params": self.dense_params, "embeddings_counted": self.embeddings_counted,
                 "removed_fraction": round(self.removed_fraction, 6),
-                "candidates": [{"name": c.name, "shape": c.shape.as_dict(), "params": c.params, "calib_loss": c.loss}
-                               for c in self.candidates]}
+                "candidates": [_candidate_dict(c) for c in self.candidates]}
+
+
+def _candidate_dict(c: Candidate) -> dict[str, Any]:
+    d = {"name": c.name, "shape": c.shape.as_dict(), "params": c.params, "calib_loss": c.loss}
+    if c.layers is not None:
+        d["layers"] = list(c.layers)
+    if c.loss_pruned is not None:
+        d["calib_loss_pruned"], d["recover_seconds"] = c.loss_pruned, c.recover_seconds
+    return d
 
 
 @dataclass
@@ -125,12 +162,30 @@ def make_plan(model: torch.nn.Module, cfg: PruneConfig, scores: Scores | None, w
         if not cands:
             raise SlimkitError(f"no shape of this model has at most {target} parameters with --align {cfg.align}: "
                                "give a larger --target-params or a smaller --align")
-        if len(cands) > 1 and windows is not None and scores is not None:
-            cands = rank(model, cands, scores, windows[: cfg.search_windows], progress=progress)
+        search = windows[: cfg.search_windows] if windows is not None else None
+        if search is not None and scores is not None and cfg.recovering:
+            cands = _bridged(model, cands, dense, search)
+        if len(cands) > 1 and search is not None and scores is not None:
+            cands = rank(model, cands, scores, search, progress=progress,
+                         recover_cfg=cfg.recover_config() if cfg.recovering else None)
         elif len(cands) > 1:
             cands = sorted(cands, key=lambda c: c.name != DEFAULT_MODE)
     best = cands[0]
-    return Plan(dense, best.shape, best.params, dense_params, emb, cands)
+    return Plan(dense, best.shape, best.params, dense_params, emb, cands, best.layers)
+
+
+def _bridged(model: torch.nn.Module, cands: list[Candidate], dense: Shape, windows: torch.Tensor) -> list[Candidate]:
+    """Depth candidates with blocks chosen for bridging (contiguous spans; none from block 0 when the
+    embedding is tied, as there is nothing to fold its bridge into)."""
+    from compress.prune.bridge import span_distances
+
+    removals = [dense.layers - c.shape.layers for c in cands]
+    if max(removals, default=0) <= 0:
+        return cands
+    dist = span_distances(model, windows, max(removals))
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    return with_spans(cands, dense.layers, dist, allow_first=not tied)
 
 
 def prune(source: Any, cfg: PruneConfig, *, plan_only: bool = False, progress: bool = True,
@@ -163,16 +218,41 @@ def prune(source: Any, cfg: PruneConfig, *, plan_only: bool = False, progress: b
     metrics: dict[str, Any] = {}
     if windows is not None:
         metrics["calib_loss_dense"] = calibration_loss(model, windows[: cfg.search_windows])
-    stage["kept"] = apply_shape(model, plan.shape, scores)
+    dense_model = copy.deepcopy(model) if cfg.recovering else None
+    layers = plan.layers
+    stage["kept"] = apply_shape(model, plan.shape, scores, layers=list(layers) if layers is not None else None)
     actual = _counted_params(model, cfg.count_embeddings)
     if actual != plan.params:
         raise RuntimeError(f"pruned model has {actual} parameters, the plan said {plan.params}")
     metrics["params"] = actual
     metrics["params_total"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    if dense_model is not None and windows is not None:
+        from compress.prune.recover import recover
+
+        metrics["calib_loss_pruned"] = calibration_loss(model, windows[: cfg.search_windows])
+        report = recover(dense_model, model, stage["kept"], windows[: cfg.recover_windows],
+                         cfg.recover_config(), progress=progress)
+        del dense_model
+        stage["recovery"] = _summary(report)
+        metrics["recovery_seconds"] = report["seconds"]
     if windows is not None:
         metrics["calib_loss"] = calibration_loss(model, windows[: cfg.search_windows])
     stage["metrics"] = metrics
     return PruneResult(dataclasses.replace(ckpt, model=model), plan, stage)
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The recovery report for the history: totals per Linear kind, and every bridge."""
+    fits = report["fits"]
+    kinds: dict[str, dict[str, Any]] = {}
+    for f in fits:
+        k = kinds.setdefault(f["name"], {"fits": 0, "applied": 0, "rel_err_before": 0.0, "rel_err_after": 0.0})
+        k["fits"] += 1
+        k["applied"] += int(f["applied"])
+        k["rel_err_before"] += f["rel_err_before"] / sum(1 for g in fits if g["name"] == f["name"])
+        k["rel_err_after"] += f["rel_err_after"] / sum(1 for g in fits if g["name"] == f["name"])
+    return {"method": "ls", "damp": report["damp"], "tokens": report["tokens"], "seconds": report["seconds"],
+            "linears": kinds, "bridges": report["bridges"]}
 
 
 def _counted_params(model: torch.nn.Module, embeddings: bool) -> int:

@@ -1,10 +1,11 @@
 """Shape search: for a parameter target, which mix of depth and width to remove.
 
-Candidates spread the removal over blocks (a share of it as whole blocks) and over width dims
-(FFN only; FFN + hidden; FFN + heads + hidden). Each candidate's dims are solved so that its
-parameter count is the largest not above the target, then the candidates are pruned for real and
-ranked by next-token loss on calibration windows (Minitron's and Sheared-LLaMA's observation: the
-best mix depends on the model, so measure it).
+Candidates spread the removal over blocks (a share of it as whole blocks, or all of it: depth
+only) and over width dims (FFN only; FFN + hidden; FFN + heads + hidden). Each candidate's dims are
+solved so that its parameter count is the largest not above the target, then the candidates are
+pruned for real (and, with recovery, repaired by compress.prune.recover) and ranked by next-token
+loss on calibration windows (Minitron's and Sheared-LLaMA's observation: the best mix depends on
+the model, so measure it).
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ class Candidate:
     name: str
     shape: Shape
     params: int
-    loss: float | None = None
+    loss: float | None = None                 # calibration loss (after recovery when recovering)
+    layers: tuple[int, ...] | None = None     # kept blocks (dense indices); None: by block score
+    loss_pruned: float | None = None          # before recovery
+    recover_seconds: float | None = None
 
 
 def _width(dense: Shape, layers: int, s: float, mode: str, align: int) -> Shape:
@@ -79,11 +83,10 @@ def solve(dense: Shape, a: ArchInfo, target: int, *, depth_share: float, mode: s
 def candidates(dense: Shape, a: ArchInfo, target: int, *, depth_only: bool, align: int,
                embeddings: bool = False) -> list[Candidate]:
     out: dict[Shape, Candidate] = {}
-    if depth_only:
-        plans = [("depth", 1.0, "depth")]
-    else:
+    plans = [("depth", 1.0, "depth")]
+    if not depth_only:
         plans = [(f"{mode}, {int(share * 100)}% as blocks", share, mode)
-                 for share in DEPTH_SHARES for mode in WIDTH_MODES]
+                 for share in DEPTH_SHARES for mode in WIDTH_MODES] + plans
     for name, share, mode in plans:
         s = solve(dense, a, target, depth_share=share, mode=mode, align=align, embeddings=embeddings)
         if s is not None and s not in out:
@@ -101,14 +104,47 @@ def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch: int =
 
 
 def rank(model: torch.nn.Module, cands: list[Candidate], scores: Scores, windows: torch.Tensor,
-         progress: bool = True) -> list[Candidate]:
-    """Prune a copy of the model to each candidate and measure its calibration loss (lowest first)."""
+         progress: bool = True, recover_cfg=None) -> list[Candidate]:
+    """Prune a copy of the model to each candidate (and repair it with `recover_cfg`, a
+    compress.prune.recover.RecoverConfig) and measure its calibration loss (lowest first)."""
+    import dataclasses
+    import time
+
     from tqdm.auto import tqdm
 
     out = []
     for c in tqdm(cands, desc="shape search", disable=not progress or len(cands) < 2):
         trial = copy.deepcopy(model)
-        apply_shape(trial, c.shape, scores)
-        out.append(Candidate(c.name, c.shape, c.params, calibration_loss(trial, windows)))
+        kept = apply_shape(trial, c.shape, scores, layers=list(c.layers) if c.layers is not None else None)
+        loss = calibration_loss(trial, windows)
+        if recover_cfg is None:
+            out.append(dataclasses.replace(c, loss=loss))
+        else:
+            from compress.prune.recover import recover
+
+            start = time.perf_counter()
+            recover(model, trial, kept, windows, recover_cfg, progress=False)
+            out.append(dataclasses.replace(c, loss=calibration_loss(trial, windows), loss_pruned=loss,
+                                           recover_seconds=round(time.perf_counter() - start, 2)))
         del trial
     return sorted(out, key=lambda c: c.loss)
+
+
+def with_spans(cands: list[Candidate], n_layers: int, dist: torch.Tensor, allow_first: bool) -> list[Candidate]:
+    """Candidates that remove blocks, given blocks chosen for bridging (compress.prune.bridge): a
+    depth-only candidate becomes three (one contiguous span, two spans, ShortGPT's block scores),
+    ranked after bridging; a mixed one takes the span choice of least span distance."""
+    from compress.prune.bridge import choose_spans
+
+    out: list[Candidate] = []
+    for c in cands:
+        remove = n_layers - c.shape.layers
+        options = choose_spans(dist, n_layers, remove, allow_first=allow_first) if remove > 0 else []
+        if not options:
+            out.append(c)
+        elif c.name == "depth":
+            out += [Candidate(f"depth, {name}", c.shape, c.params, layers=tuple(kept)) for name, kept, _ in options]
+            out.append(Candidate("depth, block scores", c.shape, c.params))
+        else:
+            out.append(Candidate(f"{c.name} ({options[0][0]})", c.shape, c.params, layers=tuple(options[0][1])))
+    return out

@@ -72,15 +72,19 @@ def _dependency_graph(model: torch.nn.Module):
                                                      forward_fn=lambda m, x: m(input_ids=x).logits)
 
 
-def apply_shape(model: torch.nn.Module, target: Shape, s: Scores) -> dict[str, Any]:
-    """Prune `model` in place to `target` using scores `s`; return the kept indices (in source numbering)."""
+def apply_shape(model: torch.nn.Module, target: Shape, s: Scores, layers: list[int] | None = None) -> dict[str, Any]:
+    """Prune `model` in place to `target` using scores `s` (the blocks kept: `layers` when given,
+    else the top `target.layers` block scores); return the kept indices (in source numbering)."""
     import torch_pruning as tp
 
     cfg = model.config
     dense = shape_of(cfg)
     target.fits_in(dense)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kept: dict[str, Any] = {"layers": _top(s.layers, target.layers)}
+    if layers is not None and (len(layers) != target.layers or sorted(set(layers)) != list(layers)
+                               or not all(0 <= i < dense.layers for i in layers)):
+        raise ValueError(f"kept blocks {layers} do not fit a {target.layers}-block shape of a {dense.layers}-block model")
+    kept: dict[str, Any] = {"layers": list(layers) if layers is not None else _top(s.layers, target.layers)}
     kept_heads, kept_kv, kept_ffn = {}, {}, {}
     for i in kept["layers"]:
         kept_ffn[i] = _top(s.ffn[i], target.ffn)

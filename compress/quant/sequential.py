@@ -16,61 +16,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compress.calib import CalibStats, Collector
+from compress.calib import CalibStats, Collector, capture, decoder_layers, run_block
 from compress.errors import SlimkitError
 from compress.quant.gptq import GPTQConfig
 from compress.quant.qat import QuantizedWeights
-
-
-class _Stop(Exception):
-    """Raised by the capture hook at the last block: nothing after it is needed."""
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not len(layers):
-        raise SlimkitError(f"sequential GPTQ needs a decoder with model.layers; {type(model).__name__} has none")
-    return layers
-
-
-@torch.no_grad()
-def capture(model: nn.Module, windows: torch.Tensor) -> tuple[list[torch.Tensor], list[list[tuple]]]:
-    """(inputs of block 0 per window, (args, kwargs) of every block per window)."""
-    layers = decoder_layers(model)
-    inputs: list[torch.Tensor] = []
-    calls: list[list[tuple]] = [[] for _ in layers]
-
-    def hook_for(i: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if i == 0:
-                inputs.append(args[0].detach())
-            calls[i].append((args[1:], {k: v for k, v in kwargs.items() if k != "cache"}))
-            if i == len(layers) - 1:
-                raise _Stop
-        return hook
-
-    handles = [layer.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        for w in windows:
-            try:
-                model(input_ids=w[None], use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    return inputs, calls
-
-
-def _run(layer: nn.Module, xs: list[torch.Tensor], calls: list[tuple], after: Callable[[], None] | None = None
-         ) -> list[torch.Tensor]:
-    out = []
-    for x, (args, kwargs) in zip(xs, calls):
-        y = layer(x, *args, **kwargs)
-        out.append((y[0] if isinstance(y, tuple) else y).detach())
-        if after is not None:
-            after()
-    return out
 
 
 def _block_stats(modules: dict[str, nn.Linear], run: Callable[[Callable[[], None]], Any]) -> CalibStats:
@@ -102,12 +51,12 @@ def sequential_quantize(model: nn.Module, windows: torch.Tensor, types: dict[str
     for i, layer in enumerate(layers):
         prefix = f"model.layers.{i}."
         linears = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
-        stats = _block_stats(linears, lambda after: _run(layer, xs, calls[i], after))
+        stats = _block_stats(linears, lambda after: run_block(layer, xs, calls[i], after))
         block_types = {k[len(prefix):]: t for k, t in types.items() if k.startswith(prefix)}
         if block_types:
             q = quantize_model(layer, block_types, stats, method, cfg)
             result.blocks.update({prefix + k: v for k, v in q.blocks.items()})
-        xs = _run(layer, xs, calls[i])  # the quantized block's outputs feed the next one
+        xs = run_block(layer, xs, calls[i])  # the quantized block's outputs feed the next one
         if bar is not None:
             bar.update(1)
     rest = {k: t for k, t in types.items() if not k.startswith("model.layers.")}

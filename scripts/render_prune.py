@@ -1,0 +1,35 @@
+"""BENCHMARKS.md section for prune.json (numbers come from the file only)."""
+from __future__ import annotations
+
+from typing import Callable
+
+HEADLINE = ("dense_ppl", "ppl_25_no_recovery", "ppl_25_recovered", "ppl_25_recovered_ratio", "recovery_seconds",
+            "prune_75_seconds")
+
+
+def _dims(shape: dict) -> str:
+    return "/".join(str(shape.get(k, "?")) for k in ("layers", "hidden", "ffn", "heads", "kv_heads"))
+
+
+def render_prune(doc: dict, header: Callable, table: Callable) -> list[str]:
+    m = doc["metrics"]
+    if "rows" in m and m["rows"] and "recover" not in m["rows"][0]:   # written before recovery existed
+        return []
+    lines = [*header(doc, "Structured pruning, with and without least-squares recovery"), "",
+             f"Perplexity right after pruning, no training: {m['ppl_protocol']}. Calibration: {m['calibration']}. "
+             f"Shapes: {m['shape_protocol']}. Parameters counted: {m['params_counted']}. "
+             f"Load average at the end: {m.get('loadavg')}.", "",
+             " ".join(f"`{k}` = **{m[k]}**" for k in HEADLINE if k in m), ""]
+    if "ppl_25_recovered_row" in m:
+        r = m["ppl_25_recovered_row"]
+        lines += [f"Best recovered row at 25%: {r['method']} (recover {r['recover']}, bridge {r['bridge']}), "
+                  f"shape {_dims(r['shape'])}.", ""]
+    rows = [[r["model"], f"{r['removed_fraction']:.0%}", r["method"], r["recover"], r.get("bridge") or "",
+             _dims(r["shape"]), f"{r['params']:,}", r["ppl"], r["calib_loss_pruned"], r["calib_loss"],
+             r.get("recovery_seconds") or "", r["prune_seconds"]] for r in m["rows"]]
+    lines += table(["model", "removed", "method", "recover", "bridge", "shape (layers/hidden/ffn/heads/kv)",
+                    "params", "ppl", "calib loss pruned", "calib loss", "recovery s", "prune s"], rows)
+    if m.get("not_run"):
+        lines += ["", "Not run yet: " + "; ".join(f"{r['model']} {r['method']} {r['removed_fraction']:.0%} "
+                                                  f"recover {r['recover']}" for r in m["not_run"]) + "."]
+    return lines + [""]
