@@ -33,6 +33,8 @@ from scripts.benchlib import REPO, SHARED_DATA, write_result  # noqa: E402
 MODELS = {"smollm2-135m-instruct": [0.10, 0.25, 0.40], "gemma3-270m": [0.25]}
 CALIB = SHARED_DATA / "text" / "tinystories_train_head.txt.gz"
 EVAL = SHARED_DATA / "text" / "wikitext2_v1_tokenized_valid.txt.gz"
+IN_DOMAIN = SHARED_DATA / "text" / "tinystories_valid_head.txt.gz"   # held-out text of the calibration domain
+IN_DOMAIN_WINDOWS = 8
 WIDTH_METHODS = ("minitron", "taylor", "magnitude", "random")
 
 
@@ -75,13 +77,16 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
         return
     torch.manual_seed(0)
     dense = load(name)
-    text = read_text(EVAL)
+    text, in_domain = read_text(EVAL), read_text(IN_DOMAIN)
 
     def ppl(model) -> float:
         return round(torch_perplexity(model, dense.tokenizer, text, ctx=512, max_chunks=args.windows).ppl, 4)
 
+    def ppl_in_domain(model) -> float:
+        return round(torch_perplexity(model, dense.tokenizer, in_domain, ctx=512, max_chunks=IN_DOMAIN_WINDOWS).ppl, 4)
+
     if "dense" not in rows.rows:
-        rows.put("dense", {"ppl": ppl(dense.model)})
+        rows.put("dense", {"ppl": ppl(dense.model), "ppl_in_domain": ppl_in_domain(dense.model)})
     print(f"{name}: dense ppl {rows.rows['dense']['ppl']}", flush=True)
     base = dict(calib=str(CALIB), calib_tokens=args.calib_tokens)
     windows = calibration_windows(PruneConfig(method="minitron", target_params=1.0, **base), dense.tokenizer)
@@ -119,7 +124,8 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
                "bridge": bridge if method in ("block-influence", "search+ls") and recover == "ls" else None,
                "params": res.plan.params, "actual_removed_fraction": round(res.plan.removed_fraction, 4),
                "shape": res.plan.shape.as_dict(), "layers": res.stage["kept"]["layers"],
-               "ppl": ppl(res.checkpoint.model), "calib_loss": round(m["calib_loss"], 4),
+               "ppl": ppl(res.checkpoint.model), "ppl_in_domain": ppl_in_domain(res.checkpoint.model),
+               "calib_loss": round(m["calib_loss"], 4),
                "calib_loss_pruned": round(m.get("calib_loss_pruned", m["calib_loss"]), 4),
                "recovery_seconds": m.get("recovery_seconds"), "prune_seconds": round(seconds, 2)}
         if "recovery" in res.stage:
@@ -138,6 +144,7 @@ def summarize(args) -> dict:
         rows = Rows(args.work / name / "rows.json")
         if "dense" in rows.rows:
             out["models"][name] = {"dense_ppl": rows.rows["dense"]["ppl"],
+                                   "dense_ppl_in_domain": rows.rows["dense"].get("ppl_in_domain"),
                                    "score_seconds": rows.rows.get("score_seconds", {})}
         for f in fractions:
             for method, recover, bridge in _plan(f):
@@ -188,7 +195,8 @@ def main() -> None:
     write_result("prune", {
         **summarize(args),
         "params_counted": "non-embedding (blocks + final norm)",
-        "ppl_protocol": f"torch, {args.windows} windows of 512 tokens of {EVAL.name}",
+        "ppl_protocol": f"torch, {args.windows} windows of 512 tokens of {EVAL.name}; `ppl_in_domain`: "
+                        f"{IN_DOMAIN_WINDOWS} windows of {IN_DOMAIN.name} (held-out text of the calibration domain)",
         "calibration": f"{args.calib_tokens} tokens of {CALIB.name} in windows of 512 (recovery: the first 8192)",
         "shape_protocol": "per fraction, minitron shape search (no recovery) over depth/width candidates by "
                           "calibration loss; taylor, magnitude and random pruned to that same shape; block-influence "

@@ -19,16 +19,18 @@ def render_prune(doc: dict, header: Callable, table: Callable) -> list[str]:
              f"Perplexity right after pruning, no training: {m['ppl_protocol']}. Calibration: {m['calibration']}. "
              f"Shapes: {m['shape_protocol']}. Parameters counted: {m['params_counted']}. "
              f"Load average at the end: {m.get('loadavg')}.", "",
-             " ".join(f"`{k}` = **{m[k]}**" for k in HEADLINE if k in m), ""]
+             " ".join(f"`{k}` = **{m[k]}**" for k in HEADLINE if k in m), "",
+             "Dense: " + ", ".join(f"{k} ppl {v['dense_ppl']} (in-domain {v.get('dense_ppl_in_domain')})"
+                                   for k, v in m.get("models", {}).items()) + ".", ""]
     if "ppl_25_recovered_row" in m:
         r = m["ppl_25_recovered_row"]
         lines += [f"Best recovered row at 25%: {r['method']} (recover {r['recover']}, bridge {r['bridge']}), "
                   f"shape {_dims(r['shape'])}.", ""]
     rows = [[r["model"], f"{r['removed_fraction']:.0%}", r["method"], r["recover"], r.get("bridge") or "",
-             _dims(r["shape"]), f"{r['params']:,}", r["ppl"], r["calib_loss_pruned"], r["calib_loss"],
+             _dims(r["shape"]), f"{r['params']:,}", r["ppl"], r.get("ppl_in_domain", ""), r["calib_loss_pruned"], r["calib_loss"],
              r.get("recovery_seconds") or "", r["prune_seconds"]] for r in m["rows"]]
     lines += table(["model", "removed", "method", "recover", "bridge", "shape (layers/hidden/ffn/heads/kv)",
-                    "params", "ppl", "calib loss pruned", "calib loss", "recovery s", "prune s"], rows)
+                    "params", "ppl", "ppl in-domain", "calib loss pruned", "calib loss", "recovery s", "prune s"], rows)
     if m.get("not_run"):
         lines += ["", "Not run yet: " + "; ".join(f"{r['model']} {r['method']} {r['removed_fraction']:.0%} "
                                                   f"recover {r['recover']}" for r in m["not_run"]) + "."]

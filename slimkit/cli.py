@@ -240,7 +240,8 @@ def _print_plan(plan) -> None:
     rows.append(("dense", *plan.dense.as_dict().values(), f"{plan.dense_params:,}", *[""] * len(head)))
     for k, c in enumerate(plan.candidates):
         loss = f"{c.loss:.4f}" if c.loss is not None else "-"
-        cells = (f"{c.loss_pruned:.4f}", loss, f"{c.recover_seconds:.1f}") if recovered else (loss,)
+        cells = ((f"{c.loss_pruned:.4f}", loss, f"{c.recover_seconds:.1f}") if c.loss_pruned is not None
+                 else (loss, "-", "-")) if recovered else (loss,)
         rows.append(((">> " if k == 0 else "   ") + c.name, *c.shape.as_dict().values(), f"{c.params:,}", *cells))
     _print_table(rows)
     sys.stdout.flush()

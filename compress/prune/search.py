@@ -104,30 +104,43 @@ def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch: int =
 
 
 def rank(model: torch.nn.Module, cands: list[Candidate], scores: Scores, windows: torch.Tensor,
-         progress: bool = True, recover_cfg=None) -> list[Candidate]:
-    """Prune a copy of the model to each candidate (and repair it with `recover_cfg`, a
-    compress.prune.recover.RecoverConfig) and measure its calibration loss (lowest first)."""
+         progress: bool = True, recover_cfg=None, recover_top: int = 3) -> list[Candidate]:
+    """Prune a copy of the model to each candidate and measure its calibration loss (lowest first).
+
+    With `recover_cfg` (a compress.prune.recover.RecoverConfig), the `recover_top` candidates of
+    lowest loss after pruning, and every depth-only one, are also repaired, and rank by their loss
+    after recovery (recovery costs a few forward passes per candidate, so not every one gets it)."""
     import dataclasses
-    import time
 
     from tqdm.auto import tqdm
 
-    out = []
+    pruned = []
     for c in tqdm(cands, desc="shape search", disable=not progress or len(cands) < 2):
         trial = copy.deepcopy(model)
-        kept = apply_shape(trial, c.shape, scores, layers=list(c.layers) if c.layers is not None else None)
-        loss = calibration_loss(trial, windows)
-        if recover_cfg is None:
-            out.append(dataclasses.replace(c, loss=loss))
-        else:
-            from compress.prune.recover import recover
-
-            start = time.perf_counter()
-            recover(model, trial, kept, windows, recover_cfg, progress=False)
-            out.append(dataclasses.replace(c, loss=calibration_loss(trial, windows), loss_pruned=loss,
-                                           recover_seconds=round(time.perf_counter() - start, 2)))
+        apply_shape(trial, c.shape, scores, layers=list(c.layers) if c.layers is not None else None)
+        pruned.append(dataclasses.replace(c, loss=calibration_loss(trial, windows)))
         del trial
+    pruned.sort(key=lambda c: c.loss)
+    if recover_cfg is None:
+        return pruned
+    chosen = {id(c) for c in pruned[:recover_top]} | {id(c) for c in pruned if c.name.startswith("depth")}
+    out = [_recovered(model, c, scores, windows, recover_cfg) if id(c) in chosen else c
+           for c in tqdm(pruned, desc="recovery search", disable=not progress)]
     return sorted(out, key=lambda c: c.loss)
+
+
+def _recovered(model: torch.nn.Module, c: Candidate, scores: Scores, windows: torch.Tensor, cfg) -> Candidate:
+    import dataclasses
+    import time
+
+    from compress.prune.recover import recover
+
+    trial = copy.deepcopy(model)
+    kept = apply_shape(trial, c.shape, scores, layers=list(c.layers) if c.layers is not None else None)
+    start = time.perf_counter()
+    recover(model, trial, kept, windows, cfg, progress=False)
+    return dataclasses.replace(c, loss=calibration_loss(trial, windows), loss_pruned=c.loss,
+                               recover_seconds=round(time.perf_counter() - start, 2))
 
 
 def with_spans(cands: list[Candidate], n_layers: int, dist: torch.Tensor, allow_first: bool) -> list[Candidate]:
