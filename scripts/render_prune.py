@@ -13,8 +13,8 @@ def _dims(shape: dict) -> str:
 
 def render_prune(doc: dict, header: Callable, table: Callable) -> list[str]:
     m = doc["metrics"]
-    if "rows" in m and m["rows"] and "recover" not in m["rows"][0]:   # written before recovery existed
-        return []
+    if m.get("rows") and "recover" not in m["rows"][0]:   # written before recovery existed
+        return _legacy(doc, header, table)
     lines = [*header(doc, "Structured pruning, with and without least-squares recovery"), "",
              f"Perplexity right after pruning, no training: {m['ppl_protocol']}. Calibration: {m['calibration']}. "
              f"Shapes: {m['shape_protocol']}. Parameters counted: {m['params_counted']}. "
@@ -34,4 +34,16 @@ def render_prune(doc: dict, header: Callable, table: Callable) -> list[str]:
     if m.get("not_run"):
         lines += ["", "Not run yet: " + "; ".join(f"{r['model']} {r['method']} {r['removed_fraction']:.0%} "
                                                   f"recover {r['recover']}" for r in m["not_run"]) + "."]
+    return lines + [""]
+
+
+def _legacy(doc: dict, header: Callable, table: Callable) -> list[str]:
+    m = doc["metrics"]
+    lines = [*header(doc, "Structured pruning"), "",
+             f"Source: `{m['source']}`, {m['dense_params']:,} {m['params_counted']} parameters; dense perplexity "
+             f"`dense_ppl` = {m['dense_ppl']}. Perplexity right after pruning, no training: {m['ppl_protocol']}. "
+             f"Calibration: {m['calibration']}. Shapes: {m['shape_protocol']}.", ""]
+    lines += table(["removed", "method", "shape (layers/hidden/ffn/heads/kv)", "params", "ppl"],
+                   [[f"{r['removed_fraction']:.0%}", r["method"], _dims(r.get("shape", {})), f"{r['params']:,}", r["ppl"]]
+                    for r in m["rows"]])
     return lines + [""]
