@@ -12,6 +12,10 @@ at most a few thousand terms) and accumulated across windows in float64. Linears
 same tensor (q/k/v, gate/up) share one Gram matrix: memory is one in x in matrix per distinct
 input, about 0.6 GB for a 135M model. A progress bar shows tokens/s.
 
+`Collector(..., targets=...)` adds the cross terms X^T Y of a least-squares fit of a Linear's output
+to another model's (pruning recovery), optionally token-weighted. `capture` and `run_block` run a
+decoder block by block on recorded inputs and arguments (sequential GPTQ, pruning recovery).
+
 `calibration_windows` turns text files into the windows, or, with no files, samples them from
 the model itself (compress.data.teacher_corpus), and refuses a text too short to calibrate on.
 """
