@@ -101,6 +101,14 @@ def tiny_ckpt(request):
     return TINY[request.param]()
 
 
+@pytest.fixture(scope="session")
+def calib(tmp_path_factory):
+    """Calibration text for pruning: the tiny tokenizer's own training text, repeated (~2k tokens)."""
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text(TRAIN_TEXT * 12)
+    return str(path)
+
+
 def zoo_path(name: str) -> Path:
     """Path of a bundled model's GGUF, or skip when its pip package is not installed."""
     from compress.errors import SlimkitError

@@ -18,16 +18,6 @@ METHODS = ["minitron", "taylor", "magnitude", "random", "block-influence"]
 IDS = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory):
-    """Calibration text: the tiny tokenizer's own training text, repeated (~2k tokens)."""
-    from conftest import TRAIN_TEXT as TEXT
-
-    path = tmp_path_factory.mktemp("calib") / "calib.txt"
-    path.write_text(TEXT * 12)
-    return str(path)
-
-
 def _cfg(calib, **kw):
     base = dict(calib=calib, calib_tokens=1024, calib_ctx=64, align=8)
     return PruneConfig(**{**base, **kw})

@@ -14,17 +14,10 @@ from compress.prune.importance import score
 from compress.prune.recover import RecoverConfig, recover
 from compress.prune.shape import shape_of
 from compress.prune.surgery import apply_shape
-from conftest import TINY, TRAIN_TEXT
+from conftest import TINY
 
 pytest.importorskip("torch_pruning")
 IDS = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory):
-    path = tmp_path_factory.mktemp("calib") / "calib.txt"
-    path.write_text(TRAIN_TEXT * 12)
-    return str(path)
 
 
 def _cfg(calib, **kw):
