@@ -40,10 +40,11 @@ WIDTH_METHODS = ("minitron", "taylor", "magnitude", "random")
 
 def _plan(frac: float) -> list[tuple[str, str, str]]:
     """(method, recover, bridge) rows per fraction."""
-    rows = [(m, r, "ls") for m in WIDTH_METHODS for r in ("none", "ls")]
+    # the headline rows first (minitron, depth, the product path), then the other importance criteria
+    rows = [("minitron", r, "ls") for r in ("none", "ls")]
     rows += [("block-influence", "none", "ls"), ("block-influence", "ls", "ls"), ("block-influence", "ls", "cosine"),
              ("search+ls", "ls", "ls")]
-    return rows
+    return rows + [(m, r, "ls") for m in WIDTH_METHODS[1:] for r in ("none", "ls")]
 
 
 def _key(method: str, frac: float, recover: str, bridge: str) -> str:
