@@ -164,7 +164,7 @@ def make_plan(model: torch.nn.Module, cfg: PruneConfig, scores: Scores | None, w
                                "give a larger --target-params or a smaller --align")
         search = windows[: cfg.search_windows] if windows is not None else None
         if search is not None and scores is not None and cfg.recovering:
-            cands = _bridged(model, cands, dense, search)
+            cands = _bridged(model, cands, dense, search, scores)
         if len(cands) > 1 and search is not None and scores is not None:
             cands = rank(model, cands, scores, search, progress=progress,
                          recover_cfg=cfg.recover_config() if cfg.recovering else None)
@@ -174,7 +174,8 @@ def make_plan(model: torch.nn.Module, cfg: PruneConfig, scores: Scores | None, w
     return Plan(dense, best.shape, best.params, dense_params, emb, cands, best.layers)
 
 
-def _bridged(model: torch.nn.Module, cands: list[Candidate], dense: Shape, windows: torch.Tensor) -> list[Candidate]:
+def _bridged(model: torch.nn.Module, cands: list[Candidate], dense: Shape, windows: torch.Tensor,
+             scores: Scores) -> list[Candidate]:
     """Depth candidates with blocks chosen for bridging (contiguous spans; none from block 0 when the
     embedding is tied, as there is nothing to fold its bridge into)."""
     from compress.prune.bridge import span_distances
@@ -185,7 +186,7 @@ def _bridged(model: torch.nn.Module, cands: list[Candidate], dense: Shape, windo
     dist = span_distances(model, windows, max(removals))
     head = model.get_output_embeddings()
     tied = head is not None and head.weight is model.get_input_embeddings().weight
-    return with_spans(cands, dense.layers, dist, allow_first=not tied)
+    return with_spans(cands, dense.layers, dist, allow_first=not tied, block_scores=scores.layers)
 
 
 def prune(source: Any, cfg: PruneConfig, *, plan_only: bool = False, progress: bool = True,

@@ -16,7 +16,7 @@ import torch
 
 from compress.prune.importance import Scores
 from compress.prune.shape import ArchInfo, Shape, align_down, block_params, count_params, head_options
-from compress.prune.surgery import apply_shape
+from compress.prune.surgery import apply_shape, top_units
 
 DEPTH_SHARES = (0.0, 0.3)
 WIDTH_MODES = ("ffn", "ffn+hidden", "ffn+heads+hidden")
@@ -143,7 +143,8 @@ def _recovered(model: torch.nn.Module, c: Candidate, scores: Scores, windows: to
                                recover_seconds=round(time.perf_counter() - start, 2))
 
 
-def with_spans(cands: list[Candidate], n_layers: int, dist: torch.Tensor, allow_first: bool) -> list[Candidate]:
+def with_spans(cands: list[Candidate], n_layers: int, dist: torch.Tensor, allow_first: bool,
+               block_scores: torch.Tensor | None = None) -> list[Candidate]:
     """Candidates that remove blocks, given blocks chosen for bridging (compress.prune.bridge): a
     depth-only candidate becomes three (one contiguous span, two spans, ShortGPT's block scores),
     ranked after bridging; a mixed one takes the span choice of least span distance."""
@@ -157,7 +158,9 @@ def with_spans(cands: list[Candidate], n_layers: int, dist: torch.Tensor, allow_
             out.append(c)
         elif c.name == "depth":
             out += [Candidate(f"depth, {name}", c.shape, c.params, layers=tuple(kept)) for name, kept, _ in options]
-            out.append(Candidate("depth, block scores", c.shape, c.params))
+            by_score = top_units(block_scores, c.shape.layers) if block_scores is not None else None
+            if by_score is None or all(by_score != kept for _, kept, _ in options):   # not a duplicate
+                out.append(Candidate("depth, block scores", c.shape, c.params))
         else:
             out.append(Candidate(f"{c.name} ({options[0][0]})", c.shape, c.params, layers=tuple(options[0][1])))
     return out

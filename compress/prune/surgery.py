@@ -16,7 +16,7 @@ from compress.prune.importance import Scores
 from compress.prune.shape import Shape, shape_of
 
 
-def _top(scores: torch.Tensor, k: int) -> list[int]:
+def top_units(scores: torch.Tensor, k: int) -> list[int]:
     """Indices of the k highest scores, in ascending index order (ties: lower index first)."""
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
     return sorted(order[:k])
@@ -52,11 +52,11 @@ def _prune_heads(blk: torch.nn.Module, heads: list[int], kv: list[int], head_dim
 def _choose_heads(s: Scores, layer: int, dense: Shape, target: Shape) -> tuple[list[int], list[int]]:
     q_per_group = dense.heads // dense.kv_heads
     keep_q = target.heads // target.kv_heads
-    kv = _top(s.kv[layer], target.kv_heads)
+    kv = top_units(s.kv[layer], target.kv_heads)
     heads: list[int] = []
     for g in kv:
         members = s.heads[layer][g * q_per_group:(g + 1) * q_per_group]
-        heads += [g * q_per_group + j for j in _top(members, keep_q)]
+        heads += [g * q_per_group + j for j in top_units(members, keep_q)]
     return heads, kv
 
 
@@ -84,14 +84,14 @@ def apply_shape(model: torch.nn.Module, target: Shape, s: Scores, layers: list[i
     if layers is not None and (len(layers) != target.layers or sorted(set(layers)) != list(layers)
                                or not all(0 <= i < dense.layers for i in layers)):
         raise ValueError(f"kept blocks {layers} do not fit a {target.layers}-block shape of a {dense.layers}-block model")
-    kept: dict[str, Any] = {"layers": list(layers) if layers is not None else _top(s.layers, target.layers)}
+    kept: dict[str, Any] = {"layers": list(layers) if layers is not None else top_units(s.layers, target.layers)}
     kept_heads, kept_kv, kept_ffn = {}, {}, {}
     for i in kept["layers"]:
-        kept_ffn[i] = _top(s.ffn[i], target.ffn)
+        kept_ffn[i] = top_units(s.ffn[i], target.ffn)
         if (target.heads, target.kv_heads) != (dense.heads, dense.kv_heads):
             kept_heads[i], kept_kv[i] = _choose_heads(s, i, dense, target)
             _prune_heads(model.model.layers[i], kept_heads[i], kept_kv[i], head_dim)
-    hidden = _top(s.hidden, target.hidden)
+    hidden = top_units(s.hidden, target.hidden)
 
     if target.layers != dense.layers:
         _keep_layers(model, kept["layers"])
