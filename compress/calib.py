@@ -73,17 +73,15 @@ class Collector:
 
     `targets` ({name: callable returning this window's target Y for that Linear, (..., out)}) adds
     the cross terms of a least-squares fit of the Linear's output to Y (implies its Gram matrix).
-    `skip` leaves out the first `skip` positions of every sequence (inputs and targets alike);
     `weights` (callable returning this window's per-token weights, (B, T)) weights every token's row
     (weighted least squares: rows scaled by sqrt(weight))."""
 
     def __init__(self, modules: dict[str, nn.Linear], gram: bool | set[str],
-                 targets: dict[str, Callable[[], torch.Tensor]] | None = None, skip: int = 0,
+                 targets: dict[str, Callable[[], torch.Tensor]] | None = None,
                  weights: Callable[[], torch.Tensor] | None = None) -> None:
         self.stats = CalibStats()
         self.want_gram = gram
         self.targets = targets or {}
-        self.skip = skip
         self.weights = weights
         # id(input) -> (input kept alive, first reader, its float32 rows)
         self.seen: dict[int, tuple[torch.Tensor, str, torch.Tensor]] = {}
@@ -127,8 +125,6 @@ class Collector:
         x = x.detach().to(torch.float32)
         if self.weights is not None:
             x = x * self.weights().to(torch.float32).sqrt().unsqueeze(-1)
-        if self.skip and x.dim() >= 3:
-            x = x[:, self.skip:]
         return x.reshape(-1, x.shape[-1])
 
     def _add_gram(self, name: str, flat: torch.Tensor) -> None:

@@ -38,8 +38,8 @@ IN_DOMAIN_WINDOWS = 8
 WIDTH_METHODS = ("minitron", "taylor", "magnitude", "random")
 
 
-def _plan(frac: float) -> list[tuple[str, str, str]]:
-    """(method, recover, bridge) rows per fraction."""
+def _plan() -> list[tuple[str, str, str]]:
+    """(method, recover, bridge) rows, the same at every fraction."""
     # the headline rows first (minitron, depth, the product path), then the other importance criteria
     rows = [("minitron", r, "ls") for r in ("none", "ls")]
     rows += [("block-influence", "none", "ls"), ("block-influence", "ls", "ls"), ("block-influence", "ls", "cosine"),
@@ -73,7 +73,7 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
     from compress.prune.api import calibration_windows
     from compress.prune.importance import score
 
-    todo = [(f, *p) for f in fractions for p in _plan(f) if _key(p[0], f, p[1], p[2]) not in rows.rows]
+    todo = [(f, *p) for f in fractions for p in _plan() if _key(p[0], f, p[1], p[2]) not in rows.rows]
     if not todo and "dense" in rows.rows:
         return
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def summarize(args) -> dict:
                                    "dense_ppl_in_domain": rows.rows["dense"].get("ppl_in_domain"),
                                    "score_seconds": rows.rows.get("score_seconds", {})}
         for f in fractions:
-            for method, recover, bridge in _plan(f):
+            for method, recover, bridge in _plan():
                 r = rows.rows.get(_key(method, f, recover, bridge))
                 if r is None:
                     out["not_run"].append({"model": name, "method": method, "removed_fraction": f, "recover": recover,

@@ -212,7 +212,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                       count_embeddings=args.count_embeddings, calib=str(args.calib) if args.calib else None,
                       calib_tokens=args.calib_tokens, calib_ctx=args.calib_ctx, align=args.align,
                       depth_metric=args.depth_metric, seed=args.seed, recover=args.recover,
-                      recover_tokens=args.recover_tokens, recover_damp=args.recover_damp, bridge=args.bridge)
+                      recover_tokens=args.recover_tokens, bridge=args.bridge,
+                      **({} if args.recover_damp is None else {"recover_damp": args.recover_damp}))
     if not args.plan_only:
         _check_writable(args.output)
     res = prune(args.source, cfg, plan_only=args.plan_only, on_plan=_print_plan)
@@ -454,8 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: ls when --calib is given)")
     s.add_argument("--recover-tokens", type=int, default=None, help="calibration tokens the recovery fits on "
                    "(default 8192, at most --calib-tokens)")
-    s.add_argument("--recover-damp", type=float, default=0.1, help="ridge toward the pruned weights, relative to "
-                   "the mean diagonal of X^T X (default 0.1)")
+    s.add_argument("--recover-damp", type=float, default=None, help="ridge toward the pruned weights, relative "
+                   "to the mean diagonal of X^T X (default: compress.prune.recover.DEFAULT_DAMP, 0.1)")
     s.add_argument("--bridge", choices=["ls", "cosine"], default="ls", help="objective of the linear bridges over "
                    "removed blocks (ReplaceMe): least squares or cosine distance")
     s.add_argument("--plan-only", action="store_true", help="print the plan and stop")

@@ -11,7 +11,7 @@ import torch
 
 from compress.errors import SlimkitError
 from compress.prune.importance import CALIBRATED, METHODS, Scores, score
-from compress.prune.recover import RecoverConfig
+from compress.prune.recover import DEFAULT_DAMP, RecoverConfig
 from compress.prune.search import Candidate, calibration_loss, candidates, rank, with_spans
 from compress.prune.shape import ArchInfo, Shape, count_params, shape_of
 from compress.prune.surgery import apply_shape
@@ -36,7 +36,7 @@ class PruneConfig:
     seed: int = 0
     recover: str | None = None                # "ls" (least-squares refits + bridges) or "none"; None: ls with calib
     recover_tokens: int | None = None         # calibration tokens the recovery fits on (first windows); None: 8192
-    recover_damp: float = 0.1                 # ridge toward the pruned weights, relative to mean diag(X^T X)
+    recover_damp: float = DEFAULT_DAMP        # ridge toward the pruned weights, relative to mean diag(X^T X)
     bridge: str = "ls"                        # depth bridges: least squares or cosine objective
 
     def __post_init__(self) -> None:
@@ -244,14 +244,16 @@ def prune(source: Any, cfg: PruneConfig, *, plan_only: bool = False, progress: b
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     """The recovery report for the history: totals per Linear kind, and every bridge."""
-    fits = report["fits"]
     kinds: dict[str, dict[str, Any]] = {}
-    for f in fits:
+    for f in report["fits"]:
         k = kinds.setdefault(f["name"], {"fits": 0, "applied": 0, "rel_err_before": 0.0, "rel_err_after": 0.0})
         k["fits"] += 1
         k["applied"] += int(f["applied"])
-        k["rel_err_before"] += f["rel_err_before"] / sum(1 for g in fits if g["name"] == f["name"])
-        k["rel_err_after"] += f["rel_err_after"] / sum(1 for g in fits if g["name"] == f["name"])
+        k["rel_err_before"] += f["rel_err_before"]
+        k["rel_err_after"] += f["rel_err_after"]
+    for k in kinds.values():   # sums -> means over the blocks
+        k["rel_err_before"] /= k["fits"]
+        k["rel_err_after"] /= k["fits"]
     return {"method": "ls", "damp": report["damp"], "tokens": report["tokens"], "seconds": report["seconds"],
             "linears": kinds, "bridges": report["bridges"]}
 

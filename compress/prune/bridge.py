@@ -78,7 +78,8 @@ def _better(objective: str, new: tuple[float, float], old: tuple[float, float]) 
 
 def _contribution(block: nn.Module) -> nn.Module:
     """The module whose output the block adds to the residual stream after its attention."""
-    return getattr(block, "post_feedforward_layernorm", None) or block.mlp
+    post_norm = getattr(block, "post_feedforward_layernorm", None)   # Gemma 3
+    return post_norm if post_norm is not None else block.mlp
 
 
 def _terms(block: nn.Module, xs: list[torch.Tensor], calls: list[tuple]) -> tuple[torch.Tensor, ...]:

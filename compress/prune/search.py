@@ -10,6 +10,8 @@ the model, so measure it).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import time
 from dataclasses import dataclass
 
 import torch
@@ -110,8 +112,6 @@ def rank(model: torch.nn.Module, cands: list[Candidate], scores: Scores, windows
     With `recover_cfg` (a compress.prune.recover.RecoverConfig), the `recover_top` candidates of
     lowest loss after pruning, and every depth-only one, are also repaired, and rank by their loss
     after recovery (recovery costs a few forward passes per candidate, so not every one gets it)."""
-    import dataclasses
-
     from tqdm.auto import tqdm
 
     pruned = []
@@ -130,9 +130,6 @@ def rank(model: torch.nn.Module, cands: list[Candidate], scores: Scores, windows
 
 
 def _recovered(model: torch.nn.Module, c: Candidate, scores: Scores, windows: torch.Tensor, cfg) -> Candidate:
-    import dataclasses
-    import time
-
     from compress.prune.recover import recover
 
     trial = copy.deepcopy(model)
