@@ -194,6 +194,19 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def tree_sha256(path: Path) -> str | None:
+    """sha256 over a file, or a directory's files (relative names + contents), skipping hidden
+    temporaries; None when the path does not exist."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
 def load_gguf(path: Path) -> Checkpoint:
     """Dequantize a GGUF into float32 torch (cached by the file's sha256)."""
     arch = gguf_file.check(path)  # raises SlimkitError for truncated/corrupt/unsupported files

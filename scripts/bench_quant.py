@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.benchlib import SHARED_DATA, write_result  # noqa: E402
+from scripts.benchlib import RESULTS, SHARED_DATA, earlier_rows, write_result  # noqa: E402
 
 MODELS = ["smollm2-135m-instruct", "gemma3-270m"]
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
@@ -207,6 +207,10 @@ def bench_model(model: str, types: list[str], methods: list[str], args) -> dict:
 
     def row(gtype: str, method: str) -> dict:
         out = work / f"{gtype}-{method.replace('+', '_')}.gguf"
+        prior = args.earlier.get((model, gtype, method))
+        if prior is not None and not out.is_file():   # measured before this work directory was made
+            return {**{k: v for k, v in prior.items() if k != "made_by_earlier_invocation"},
+                    "measured_at_commit": prior.get("measured_at_commit", args.earlier_commit)}
         if args.cached_only and not (out.is_file() and (work / (out.name + ".meta.json")).is_file()):
             return {"model": model, "type": gtype, "method": method,
                     "error": "not run yet (the session's time ran out; the script resumes where it stopped)"}
@@ -219,6 +223,9 @@ def bench_model(model: str, types: list[str], methods: list[str], args) -> dict:
              f"({r['file_mb']} MB, {r['quantize_seconds']} s)")
         return r
 
+    prior = args.earlier.get((model, "F16", "none"))
+    if prior is not None and "F16.gguf" not in scores:   # the reference the reused rows' kld was measured against
+        _log(f"{model}: F16 ppl {scorer.score(f16)['ppl']} now, {prior['ppl']} when the reused rows were measured")
     rows = [{"model": model, "type": "F16", "method": "none", "file_mb": _mb(f16), **(scores.get("F16.gguf") or
              scores.setdefault("F16.gguf", scorer.score(f16))), "quantize_seconds": None}]
     scores_path.write_text(json.dumps(scores, indent=1))
@@ -227,6 +234,8 @@ def bench_model(model: str, types: list[str], methods: list[str], args) -> dict:
             if method == "gptq" and args.plain_gptq_types and gtype not in args.plain_gptq_types:
                 continue
             rows.append(row(gtype, method))
+    if not calib_path.is_file() and model in args.earlier_calibration:   # every row reused: so was calibration
+        calib_path.write_text(json.dumps(args.earlier_calibration[model]))
     if not calib_path.is_file():
         cal()
     result = {"rows": rows, **json.loads(calib_path.read_text())}
@@ -314,9 +323,15 @@ def main() -> None:
                     help="run the plain gptq method (reference block scales) only for these types")
     ap.add_argument("--cached-only", action="store_true", help="write the result from the files already made; "
                     "rows not made yet are listed as such")
+    ap.add_argument("--fresh", action="store_true", help="measure every row again instead of reusing the rows of "
+                    "benchmarks/results/quant.json whose files are not in the work directory")
     ap.add_argument("--make-peer-files", action="store_true", help="only write the AutoRound files of the first "
                     "model (run beside the main invocation on another core; it waits for them)")
     args = ap.parse_args()
+    args.earlier_commit, earlier = ("", []) if args.fresh else earlier_rows("quant")
+    args.earlier = {(r["model"], r["type"], r["method"]): r for r in earlier}
+    args.earlier_calibration = {} if args.fresh or not earlier else \
+        json.loads((RESULTS / "quant.json").read_text())["metrics"].get("calibration", {})
     if args.make_peer_files:
         return make_peer_files(args)
     for f in [EVAL, *(SHARED_DATA / "text" / t for t in CALIB)]:
@@ -344,7 +359,8 @@ def main() -> None:
                             "calib_text": CALIB},
                "wall_seconds": round(time.perf_counter() - start, 1), "load_avg": os.getloadavg(),
                "note": "wall_seconds is this invocation's; rows marked made_by_earlier_invocation reuse files (and "
-                       "their scores) an earlier run of this script wrote to the work directory"}
+                       "their scores) an earlier run of this script wrote to the work directory; rows with measured_at_commit "
+                       "are the rows of the previous result file, measured at that commit (its work directory was gone)"}
     write_result("quant", metrics)
 
 

@@ -61,3 +61,15 @@ def write_result(name: str, metrics: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def earlier_rows(name: str) -> tuple[str, list[dict[str, Any]]]:
+    """The measured rows of the last `benchmarks/results/<name>.json` and the commit that measured
+    them, for scripts whose work directory (their resume cache) is gone: such a row is reused, marked
+    with `measured_at_commit`, instead of being measured again. ([], "") when there is no file."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return "", []
+    doc = json.loads(path.read_text())
+    rows = [r for r in doc.get("metrics", {}).get("rows", []) if "ppl" in r and "error" not in r]
+    return doc.get("git_commit", "unknown"), rows

@@ -21,7 +21,9 @@ Outputs are written under temporary names and renamed into place by the verbs; t
 rewritten atomically and marks a stage finished only after its outputs exist and are hashed, so
 a run killed at any moment never has a finished stage with partial outputs. `--resume` skips
 finished stages whose config and input hashes are unchanged, and reruns the others; distill and
-qat stages always checkpoint (`--save-every`) and continue from their last checkpoint.
+qat stages always checkpoint (`--save-every`) and continue from their last checkpoint when only
+their token budget changed (`--set distill.tokens=N` extends a finished run); when their inputs or
+any other option changed, their checkpoints are discarded and the stage starts over.
 """
 from __future__ import annotations
 
@@ -194,9 +196,13 @@ def _run_stage(stage: Stage, state: _State, run_dir: Path, manifest: Manifest, f
         log(f"[{stage.name}] unchanged since the last run: skipped")
         _advance(stage, state, output)
         return
+    resume_key = _resume_key(argvs, input_hashes, run_dir) if stage.kind in TRAINING else None
+    if resume_key is not None and old.get("resume_key") not in (None, resume_key):
+        _discard_state(stage, output, log)
     stage_dir.mkdir(parents=True, exist_ok=True)
     manifest.put(stage.name, kind=stage.kind, index=stage.index, status="running", argv=argvs,
-                 config_sha256=config, inputs=input_hashes, output=str(output.relative_to(run_dir)))
+                 config_sha256=config, inputs=input_hashes, output=str(output.relative_to(run_dir)),
+                 **({"resume_key": resume_key} if resume_key else {}))
     log(f"[{stage.name}] slimkit {' '.join(argvs[0][:len(VERBS[stage.kind])])} ...")
     t0 = time.perf_counter()
     try:
@@ -211,6 +217,26 @@ def _run_stage(stage: Stage, state: _State, run_dir: Path, manifest: Manifest, f
     manifest.put(stage.name, status="finished", seconds=seconds, metrics=metrics, output_sha256=tree_hash(output))
     log(f"[{stage.name}] finished in {seconds:.0f} s")
     _advance(stage, state, output)
+
+
+def _resume_key(argvs: list[list[str]], inputs: dict[str, str | None], run_dir: Path) -> str:
+    """What a training stage's checkpoints depend on: its inputs and options, less the token budget
+    (a larger budget continues the run: compress.distill.trainer)."""
+    masked = [[("N" if i and a[i - 1] == "--tokens" else str(x).replace(str(run_dir), "RUN")) for i, x in enumerate(a)]
+              for a in argvs]
+    return config_hash([masked, sorted(inputs.items())])
+
+
+def _discard_state(stage: Stage, output: Path, log) -> None:
+    """An upstream stage or an option changed: the training state describes another run."""
+    import shutil
+
+    from compress.distill.state import state_dir
+
+    state = state_dir(output)
+    if state.exists():
+        log(f"[{stage.name}] its inputs or options changed: discarding the checkpoints in {state}")
+        shutil.rmtree(state)
 
 
 def _metrics(stage: Stage, argvs: list[list[str]], stdouts: list[str], output: Path) -> dict[str, Any]:

@@ -8,21 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from compress.atomic import atomic_write
-from compress.checkpoint import file_sha256
+from compress.checkpoint import tree_sha256 as tree_hash  # noqa: F401 (the pipeline's content hash)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # optional public data
-
-
-def tree_hash(path: Path) -> str | None:
-    """sha256 over a file, or a directory's files (relative names + contents), skipping temporaries."""
-    if not path.exists():
-        return None
-    if path.is_file():
-        return file_sha256(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        h.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
-    return h.hexdigest()
 
 
 def config_hash(argv: list[str]) -> str:

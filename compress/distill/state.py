@@ -4,6 +4,7 @@ position follows from the step: see trainer.window_order).
 
     <OUT>.state/checkpoints/step-000120/student/      HF directory + slimkit.json
     <OUT>.state/checkpoints/step-000120/trainer.pt    everything else (torch.save of plain types)
+    <OUT>.state/checkpoints/step-000120/fingerprint.json   what resuming must match (distill.fingerprint)
 
 A QAT student (fake-quant parametrizations, compress.quant.qat) is saved instead as its raw
 module state, student_qat.safetensors (latent weights and learned scales), and converted only at
@@ -60,7 +61,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(state: Path, step: int, ckpt: Checkpoint, inner: Any, optimizer: Any, scheduler: Any,
-                    extra: dict[str, Any], keep: int) -> Path:
+                    extra: dict[str, Any], keep: int, fingerprint: dict[str, Any] | None = None) -> Path:
     root = state / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
@@ -80,6 +81,10 @@ def save_checkpoint(state: Path, step: int, ckpt: Checkpoint, inner: Any, optimi
                     "rng": rng_state(), **extra}, tmp / "trainer.pt")
         with open(tmp / "trainer.pt", "rb") as f:
             os.fsync(f.fileno())
+        if fingerprint is not None:   # what a resumed run must match (compress.distill.fingerprint)
+            from compress.distill.fingerprint import write
+
+            write(tmp, fingerprint)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

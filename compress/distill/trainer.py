@@ -24,12 +24,13 @@ import torch
 
 from compress.checkpoint import Checkpoint, load, save
 from compress.data import Corpus, load_corpus, teacher_corpus
+from compress.distill import fingerprint as fingerprints
 from compress.distill import losses
 from compress.distill.config import DistillConfig
 from compress.distill.logit_cache import open_cache
 from compress.distill.objective import DistillModule, compute_loss, prepare_teachers
 from compress.distill.parallel import Dist
-from compress.distill.state import checkpoints, restore_checkpoint, save_checkpoint, state_dir
+from compress.distill.state import PREFIX, checkpoints, restore_checkpoint, save_checkpoint, state_dir
 from compress.distill.teachers import Teacher, TeacherSpec, load_teacher
 from compress.errors import SlimkitError
 from compress.quant.qat import QATPlan, convert_qat, prepare_qat
@@ -211,7 +212,15 @@ def distill(student_source: str | Path, teachers: Sequence[TeacherSpec], out: st
     """
     dist = Dist.from_env()
     try:
-        run = _Run(student_source, teachers, Path(out), cfg, data, dist, progress, qat, corpus, stage)
+        fp = fingerprints.fingerprint(_resume_config(cfg, qat, stage), student_source, teachers,
+                                      data if corpus is None else [])
+        found = checkpoints(state_dir(Path(out)))
+        if found and not resume:
+            raise SlimkitError(f"{state_dir(Path(out))} holds checkpoints of an earlier run; pass --resume to "
+                               "continue it or delete that directory to start over")
+        if found:   # before any model is loaded
+            fingerprints.check(found[-1], fp)
+        run = _Run(student_source, teachers, Path(out), cfg, data, dist, progress, qat, corpus, stage, fp)
         return run.train(resume, callback)
     finally:
         dist.close()
@@ -220,9 +229,10 @@ def distill(student_source: str | Path, teachers: Sequence[TeacherSpec], out: st
 class _Run:
     def __init__(self, student_source: str | Path, specs: Sequence[TeacherSpec], out: Path, cfg: DistillConfig,
                  data: Sequence[str | Path], dist: Dist, progress: bool, qat: QATPlan | None = None,
-                 corpus: Corpus | None = None, stage: tuple[str, dict[str, Any]] | None = None) -> None:
+                 corpus: Corpus | None = None, stage: tuple[str, dict[str, Any]] | None = None,
+                 fingerprint: dict[str, Any] | None = None) -> None:
         self.cfg, self.dist, self.out, self.state, self.qat = cfg, dist, out, state_dir(out), qat
-        self.stage = stage
+        self.stage, self.fingerprint = stage, fingerprint or {}
         self.progress = progress and dist.main
         self.accum = cfg.accumulation(dist.world)
         _seed_all(cfg.seed)
@@ -246,6 +256,7 @@ class _Run:
             corpus = _corpus(data, self.ckpt.tokenizer, self.teachers, cfg, self.state, dist, self.progress)
         self.corpus_source = corpus.source
         self.train_windows, self.heldout = training_windows(corpus, cfg), corpus.heldout
+        self.corpus_sha = _sha(corpus.train, corpus.train_weights)   # the budget picks from it: not its subset
         self.train_weights, self.heldout_weights = training_weights(corpus, cfg), corpus.heldout_weights
         self.inner = DistillModule(student, self.teachers).to(dist.device)
         self.caches, self.eval_cache = _open_caches(self.teachers, self.train_windows, self.heldout, cfg, dist,
@@ -264,20 +275,34 @@ class _Run:
         self.log_path = self.state / "train_log.jsonl"
 
     def _resume(self, resume: bool) -> int:
+        """The step to start from: 0, or the newest checkpoint's (its fingerprint was checked by
+        distill() before anything was loaded).
+
+        A run resumed with a larger token budget continues from its checkpoint; the schedule is
+        the new budget's: from that step on the learning rate follows the warmup + cosine laid over
+        the new total step count, as if the run had been planned that long from the start (the
+        steps already taken keep the rates they had). A finished run so restarts at the cosine's
+        value at its last step, above the minimum it ended on, and decays to the minimum again.
+        The data is the new budget's too: when the budget is less than an epoch the windows are a
+        seeded subset sized by it (training_windows), so the steps after the resume draw from the
+        larger subset, in the order a run planned that long would use."""
         found = checkpoints(self.state)
-        if found and not resume:
-            raise SlimkitError(f"{self.state} holds checkpoints of an earlier run; pass --resume to continue it "
-                               "or delete that directory to start over")
         if not (resume and found):
             return 0
-        saved = restore_checkpoint(found[-1], self.inner, self.optimizer, self.scheduler)
-        mine = {k: v for k, v in self._config().items() if k not in DistillConfig.RESUME_FREE}
-        theirs = {k: v for k, v in saved["config"].items() if k not in DistillConfig.RESUME_FREE}
-        if mine != theirs or saved["data_sha256"] != _sha(self.train_windows, self.train_weights):
-            diff = sorted(k for k in mine if mine[k] != theirs.get(k)) or ["training data"]
-            raise SlimkitError(f"cannot resume from {found[-1]}: {', '.join(diff)} changed since it was written; "
-                               "resume with the same options and data")
-        return int(saved["step"])
+        saved_fp = fingerprints.read(found[-1]) or {}
+        step = int(found[-1].name.removeprefix(PREFIX))
+        if step > self.cfg.steps:
+            raise SlimkitError(f"cannot resume from {found[-1]}: it is at step {step}, past the new budget of "
+                               f"{self.cfg.steps} steps ({self.cfg.tokens} tokens); give --tokens of at least "
+                               f"{step * self.cfg.tokens_per_step}, or delete {self.state} to start over")
+        if saved_fp.get("windows_sha256") != self.corpus_sha:
+            raise SlimkitError(f"cannot resume from {found[-1]}: the training windows changed since it was written "
+                               f"(the tokenizer or the packing); delete {self.state} to start over")
+        restore_checkpoint(found[-1], self.inner, self.optimizer, self.scheduler)
+        for group, lam in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):   # the new budget's rate
+            group["lr"] = group["initial_lr"] * lam(step)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        return step
 
     def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, list, torch.Tensor | None]:
         pos = micro_positions(step, micro, self.dist.rank, self.dist.world, self.cfg)
@@ -323,9 +348,9 @@ class _Run:
 
     def _save(self, step: int) -> None:
         if self.dist.main:
+            fp = {**self.fingerprint, "windows_sha256": self.corpus_sha}
             save_checkpoint(self.state, step, self.ckpt, self.inner, self.optimizer, self.scheduler,
-                            {"config": self._config(), "data_sha256": _sha(self.train_windows, self.train_weights)},
-                            self.cfg.keep_checkpoints)
+                            {"config": self._config()}, self.cfg.keep_checkpoints, fingerprint=fp)
         self.dist.barrier()
 
     def train(self, resume: bool, callback: Callback | None) -> DistillResult:
@@ -357,6 +382,8 @@ class _Run:
         if bar is not None:
             bar.close()
         tok_s = done / max(time.perf_counter() - t0, 1e-9)  # training steps only, not the final evaluation
+        if start < steps:   # the last state too, so a finished run can be extended to more tokens
+            self._save(steps)
         final = {"step": steps, **self._evaluate()}
         evals.append(final)
         self._log(final)
@@ -375,7 +402,7 @@ class _Run:
         return parametrize.cached()
 
     def _config(self) -> dict[str, Any]:
-        """What an interrupted run must match to be resumed: the training config and the QAT plan."""
+        """The training config, the QAT plan and the caller's stage options (recorded in the history)."""
         return {**self.cfg.to_dict(), **({"qat": self.qat.to_dict()} if self.qat else {}),
                 **(self.stage[1] if self.stage else {})}
 
@@ -390,6 +417,13 @@ class _Run:
         save(self.ckpt, self.out, stage=stage)
         if self.log_path.is_file():
             (self.out / "train_log.jsonl").write_bytes(self.log_path.read_bytes())
+
+
+def _resume_config(cfg: DistillConfig, qat: QATPlan | None, stage: tuple[str, dict[str, Any]] | None
+                   ) -> dict[str, Any]:
+    """What an interrupted run must match to be resumed (less the budget, which may grow)."""
+    full = {**cfg.to_dict(), **({"qat": qat.to_dict()} if qat else {}), **(stage[1] if stage else {})}
+    return {k: v for k, v in full.items() if k not in DistillConfig.RESUME_FREE}
 
 
 def _type_counts(types: dict[str, str]) -> dict[str, int]:

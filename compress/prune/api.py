@@ -38,6 +38,7 @@ class PruneConfig:
     recover_tokens: int | None = None         # calibration tokens the recovery fits on (first windows); None: 8192
     recover_damp: float = DEFAULT_DAMP        # ridge toward the pruned weights, relative to mean diag(X^T X)
     bridge: str = "ls"                        # depth bridges: least squares or cosine objective
+    recover_target: str = "dense"             # width fits: "dense" model outputs or "local" (recover.TARGETS)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -78,7 +79,7 @@ class PruneConfig:
         return max(1, tokens // self.calib_ctx)
 
     def recover_config(self) -> RecoverConfig:
-        return RecoverConfig(damp=self.recover_damp, bridge=self.bridge)
+        return RecoverConfig(damp=self.recover_damp, bridge=self.bridge, target=self.recover_target)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

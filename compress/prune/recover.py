@@ -12,7 +12,11 @@ block computes them, so that each one's output matches the dense Linear's on its
 Each fit is ridge least squares toward the pruned (sliced) weight W0, solved in float64:
   min_W sum_t |W x_t + b - y_t|^2 + lam |W - W0|^2,   lam = damp * mean diag(X^T X)
   => W (X^T X + lam I) = Y^T X + lam W0
-x: the pruned Linear's input, y: the dense Linear's output. A Linear with a bias re-fits it too;
+x: the pruned Linear's input, y: the dense Linear's output. Its target is either the dense model's
+own (`target="dense"`: the Linear's output on the dense hidden states, so each block also corrects
+what the blocks before it got wrong) or local (`target="local"`, FLAP / SlimGPT: the dense module
+-- the MLP for down_proj, the attention for o_proj -- run on the pruned block's own input, so the
+fit only compensates the removed channels; used where the residual width is kept). A Linear with a bias re-fits it too;
 none is added. A fit that does not lower the calibration error is not applied, so recovery never
 raises a layer's reconstruction error on the calibration tokens.
 
@@ -40,16 +44,23 @@ GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
 DEFAULT_DAMP = 0.1   # measured on SmolLM2 (0.01 .. 10): 0.1 kept WikiText closest while fitting the calibration domain
 
 
+TARGETS = ("local", "dense")
+LOCAL_PARENTS = {"self_attn.o_proj": "self_attn", "mlp.down_proj": "mlp"}   # the module a local target runs
+
+
 @dataclass(frozen=True)
 class RecoverConfig:
     damp: float = DEFAULT_DAMP  # ridge strength relative to the mean diagonal of X^T X
     bridge: str = "ls"          # objective of the depth bridges: ls or cosine
+    target: str = "dense"       # width fits: the dense model's outputs, or local (dense module, pruned input)
 
     def __post_init__(self) -> None:
         if not self.damp >= 0:
             raise SlimkitError(f"--recover-damp must be >= 0, got {self.damp}")
         if self.bridge not in OBJECTIVES:
             raise SlimkitError(f"--bridge must be one of {', '.join(OBJECTIVES)}, got {self.bridge!r}")
+        if self.target not in TARGETS:
+            raise SlimkitError(f"--recover-target must be one of {', '.join(TARGETS)}, got {self.target!r}")
 
 
 class _Stop(Exception):
@@ -165,17 +176,39 @@ def dense_pass(block: nn.Module, xs: list[torch.Tensor], calls: list[tuple], row
             h.remove()
 
 
+def _local_target(pruned_block: nn.Module, dense_block: nn.Module, name: str, rows: torch.Tensor | None,
+                  slot: dict[str, torch.Tensor]):
+    """A hook on the pruned block's module that computes Linear `name`'s local target: the dense
+    module run on the same input (and rotary embeddings, mask), its kept rows stored in `slot`."""
+    parent = LOCAL_PARENTS[name]
+    dense_parent = dense_block.get_submodule(parent)
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        out = dense_parent(*args, **kwargs)
+        slot[name] = _select(out[0] if isinstance(out, tuple) else out, rows).detach()
+    return pruned_block.get_submodule(parent).register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def refit_block(pruned_block: nn.Module, xp: list[torch.Tensor], calls: list[tuple],
-                targets: dict[str, list[torch.Tensor]], groups: list[tuple[str, ...]], damp: float
-                ) -> list[dict[str, Any]]:
+                targets: dict[str, list[torch.Tensor]], groups: list[tuple[str, ...]], damp: float,
+                local: tuple[nn.Module, dict[str, torch.Tensor | None]] | None = None) -> list[dict[str, Any]]:
     """Re-fit the Linears of `pruned_block` (fed `xp`) group by group to `targets` (per Linear, the
-    dense outputs per window), each group on the inputs the groups before it now produce."""
+    dense outputs per window), each group on the inputs the groups before it now produce. `local`
+    (the dense block, its kept rows per Linear) replaces the targets of o_proj and down_proj by
+    local ones (see the module docstring)."""
     fits = []
     for group in groups:
         window = [0]
+        slot: dict[str, torch.Tensor] = {}
+        hooks = [_local_target(pruned_block, local[0], n, local[1][n], slot)
+                 for n in group if local is not None and n in LOCAL_PARENTS]
+
+        def target(n: str) -> torch.Tensor:
+            return slot[n] if n in slot else targets[n][window[0]]
+
         stop = pruned_block.get_submodule(group[-1]).register_forward_hook(_stop)
         collector = Collector({n: pruned_block.get_submodule(n) for n in group}, gram=False,
-                              targets={n: (lambda n=n: targets[n][window[0]]) for n in group},
+                              targets={n: (lambda n=n: target(n)) for n in group},
                               weights=lambda: targets["_weights"][window[0]])
         try:
             for k, (x, (args, kwargs)) in enumerate(zip(xp, calls)):
@@ -188,6 +221,8 @@ def refit_block(pruned_block: nn.Module, xp: list[torch.Tensor], calls: list[tup
         finally:
             collector.close()
             stop.remove()
+            for h in hooks:
+                h.remove()
         for n in group:
             fits.append(refit_linear(pruned_block.get_submodule(n), collector.stats, n, damp))
     return fits
@@ -233,10 +268,12 @@ def recover(dense: nn.Module, pruned: nn.Module, kept: dict[str, Any], windows: 
         xp, _ = capture(pruned, windows, first_only=True)
     for j, i in enumerate(keep):
         d_blk, p_blk = d_layers[i], p_layers[j]
-        xd, targets = dense_pass(d_blk, xd, calls[i], kept_rows(kept, i, head_dim), [n for g in groups for n in g])
+        rows = kept_rows(kept, i, head_dim)
+        xd, targets = dense_pass(d_blk, xd, calls[i], rows, [n for g in groups for n in g])
         if bar is not None:
             bar.update(1)
-        for f in refit_block(p_blk, xp, calls[i], targets, groups, cfg.damp):
+        local = (d_blk, rows) if cfg.target == "local" and hidden is None else None
+        for f in refit_block(p_blk, xp, calls[i], targets, groups, cfg.damp, local=local):
             report["fits"].append({"layer": i, **f})
         del targets
         nxt = keep[j + 1] if j + 1 < len(keep) else len(d_layers)

@@ -198,3 +198,33 @@ def test_calibrated_stage_options_parse_as_their_verbs(tmp_path):
     recipe = load_recipe(bad)
     with pytest.raises(SlimkitError, match=r"bad\.yaml:3: .*invalid choice: 'awq'"):
         _check_stage(recipe.stages[-1], [t.name for t in recipe.stages[:-1]], recipe.path)
+
+
+def _train_log(run_dir: Path) -> list[int]:
+    log = run_dir / "02-distill" / "model.state" / "train_log.jsonl"
+    return [r["step"] for r in map(json.loads, log.read_text().splitlines()) if "loss" in r]
+
+
+def test_more_tokens_extend_a_finished_run_and_a_changed_input_starts_over(teacher, tmp_path):
+    """`--set distill.tokens=N` on a finished run continues the distillation from its last step;
+    a changed upstream stage (same shapes, other weights) discards the distillation's checkpoints."""
+    recipe = _recipe(tmp_path, "x.yaml", teacher=teacher / "teacher", stages=(
+        "  - prune: {target-params: 0.75, method: random}\n"
+        f"  - distill: {{data: [{teacher / 'data.txt'}], tokens: 1024, seq-len: 64, batch-size: 4, lr: 1.0e-3}}\n"))
+    run_dir = tmp_path / "run"
+    first = _slimkit_run(str(recipe), "-o", str(run_dir))
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    assert _train_log(run_dir) == [1, 2, 3, 4]
+    longer = _slimkit_run(str(recipe), "-o", str(run_dir), "--resume", "--set", "distill.tokens=2048")
+    out, _ = longer.communicate(timeout=300)
+    assert longer.returncode == 0, out
+    assert "[prune] unchanged" in out and _train_log(run_dir) == [1, 2, 3, 4, 5, 6, 7, 8]
+    history = json.loads((run_dir / "02-distill" / "model" / "slimkit.json").read_text())
+    assert history["stages"][-1]["metrics"]["step"] == 8
+    # random pruning of another seed: the same shapes, other weights
+    changed = _slimkit_run(str(recipe), "-o", str(run_dir), "--resume", "--set", "distill.tokens=2048",
+                           "--set", "prune.seed=1")
+    out, _ = changed.communicate(timeout=300)
+    assert changed.returncode == 0, out
+    assert "discarding the checkpoints" in out and _train_log(run_dir) == [1, 2, 3, 4, 5, 6, 7, 8]
