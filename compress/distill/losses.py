@@ -2,8 +2,11 @@
 
 Conventions
 - Logits are aligned: `student[..., v]` and `teacher[..., v]` describe the same position; the
-  trainer does the next-token shift. `mask` (same leading shape, bool) selects the positions that
-  count; every loss is a mean over those positions.
+  trainer does the next-token shift. `mask` (same leading shape) says which positions count: a
+  bool mask makes every loss a mean over the selected positions; a float mask is a weight per
+  position (prompt -> target corpora), reduced as weighted_cross_entropy does (summed over
+  positions, averaged over the batch), so a divergence and the cross-entropy on such a corpus
+  weigh the same tokens the same way and a zero-weight token (prompt, padding) never counts.
 - Temperature T divides the logits of both models; divergences are multiplied by T**2 so that
   their gradients keep the same scale for every T (Hinton et al. 2015).
 - A teacher is either dense logits (..., V) or a `SparseLogits` (top-k logits + the
@@ -70,6 +73,8 @@ def log_probs_pair(student: Tensor, teacher: Tensor | SparseLogits, temperature:
 def _masked_mean(per_position: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return per_position.mean()
+    if mask.is_floating_point():   # per-position weights (see the module docstring)
+        return (per_position * mask.to(per_position.dtype)).sum() / per_position.shape[0]
     mask = mask.to(per_position.dtype)
     return (per_position * mask).sum() / mask.sum().clamp(min=1)
 

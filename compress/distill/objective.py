@@ -65,7 +65,10 @@ def _norm(h: torch.Tensor) -> torch.Tensor:
 
 def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor, inner: DistillModule, qkv: dict,
                    projected: dict, ids: torch.Tensor, cached: SparseLogits | None, n_vocab: int | None,
-                   qkv_layer: int, autocast: Any) -> dict[str, torch.Tensor]:
+                   qkv_layer: int, autocast: Any, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """`weights` (B, L): per-token weights of the corpus; the logit divergence weighs each
+    predicted token by its target's weight, the feature loss counts the positions whose next token
+    has weight (the relation losses compare whole attention maps and are not masked)."""
     spec = teacher.spec
     terms: dict[str, torch.Tensor] = {}
     if cached is not None:
@@ -76,12 +79,17 @@ def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor, inner: Dist
             t_out = teacher_forward(teacher, ids, hidden=spec.feature_weight > 0,
                                     qkv_layer=qkv_layer if spec.relation_weight > 0 else None)
         t_logits = t_out.logits
+    target_weights = weights[:, 1:] if weights is not None else None
     terms[f"t{i}_{spec.loss}"] = losses.divergence(spec.loss, s_logits, _trim(t_logits, n_vocab),
-                                                   temperature=spec.temperature, beta=spec.beta)
+                                                   temperature=spec.temperature, beta=spec.beta,
+                                                   mask=target_weights)
     if spec.feature_weight > 0:
         feat = losses.hidden_mse if spec.feature_loss == "mse" else losses.hidden_cosine
         layer_map = inner.projections[str(i)].layer_map
-        vals = [feat(_norm(p), _norm(t_out.hidden[t])) for p, (_, t) in zip(projected[str(i)], layer_map)]
+        mask = None
+        if weights is not None:   # hidden state t predicts token t + 1
+            mask = torch.cat([weights[:, 1:] != 0, torch.zeros_like(weights[:, :1], dtype=torch.bool)], 1)
+        vals = [feat(_norm(p), _norm(t_out.hidden[t]), mask) for p, (_, t) in zip(projected[str(i)], layer_map)]
         terms[f"t{i}_feature"] = torch.stack(vals).mean() * spec.feature_weight
     if spec.relation_weight > 0:
         heads = teacher.extra["relation_heads"]
@@ -95,7 +103,8 @@ def compute_loss(module: nn.Module, teachers: Sequence[Teacher], ids: torch.Tens
                  cached: Sequence[SparseLogits | None], ce_weight: float, relation_layer: int,
                  autocast: Any, weights: torch.Tensor | None = None) -> LossParts:
     """Loss of one micro-batch `ids` (B, L). `module` is the DistillModule, maybe DDP-wrapped.
-    `weights` (B, L): per-token weights of the cross-entropy on the data (prompt -> target corpora)."""
+    `weights` (B, L): per-token weights of the corpus (prompt -> target corpora: zero on prompts and
+    padding), applied to the cross-entropy and to every teacher's divergence and feature loss."""
     inner = module.module if hasattr(module, "module") else module
     hidden = any(t.spec.feature_weight > 0 for t in teachers)
     relation = any(t.spec.relation_weight > 0 for t in teachers)
@@ -113,7 +122,7 @@ def compute_loss(module: nn.Module, teachers: Sequence[Teacher], ids: torch.Tens
             n_vocab = len(t.tokenizer)  # same tokenizer, padded embeddings: compare the real tokens
         s = s_logits[..., :n_vocab] if n_vocab else s_logits
         for name, value in _teacher_terms(i, t, s, inner, qkv, projected, ids, cached[i], n_vocab,
-                                          relation_layer, autocast).items():
+                                          relation_layer, autocast, weights).items():
             terms[name] = value * t.spec.weight
     total = torch.stack(list(terms.values())).sum()
     return LossParts(total, {k: float(v.detach()) for k, v in terms.items()})
