@@ -11,6 +11,7 @@ the same global batch as a world of 1.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import random
@@ -124,25 +125,61 @@ def _logits_fn(teacher: Teacher, device: torch.device, autocast: Callable[[], An
     return fn
 
 
-def _open_caches(teachers: Sequence[Teacher], train: torch.Tensor, heldout: torch.Tensor, cfg: DistillConfig,
-                 dist: Dist, autocast: Callable[[], Any], progress: bool) -> tuple[list, Any]:
+def _cache_names(i: int, spec: TeacherSpec, train: torch.Tensor, heldout: torch.Tensor, cfg: DistillConfig
+                 ) -> list[tuple[str, torch.Tensor, float]]:
+    """(cache name, windows, temperature) of teacher i's logit caches: its training windows, and
+    for teacher 0 the held-out windows of the evaluation (T = 1). None when it is not cacheable."""
+    if not cfg.logit_cache or spec.feature_weight > 0 or spec.relation_weight > 0:
+        return []   # no cache asked, or the teacher's hidden states are needed online anyway
+    names = [(f"teacher{i}-train-k{cfg.top_k}-T{spec.temperature:g}", train, spec.temperature)]
+    if i == 0 and heldout.shape[0]:
+        names.append((f"teacher0-heldout-k{cfg.top_k}", heldout[:cfg.eval_windows], 1.0))
+    return names
+
+
+def cache_identity(spec: TeacherSpec, student_tokenizer: Any) -> str:
+    """Names a teacher in its logit caches without loading it: its source's content digest, its
+    quantization and the tokenizer the cached ids come from (checked equal to the teacher's when
+    the cache was built), so a complete cache serves a run that never loads the teacher."""
+    from compress.distill.fingerprint import source_digest
+
+    vocab = json.dumps(sorted(student_tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    tok = hashlib.sha256(vocab).hexdigest()[:16]
+    return f"{source_digest(spec.source)}{'+' + spec.quantize if spec.quantize else ''} tokenizer:{tok}"
+
+
+def _cache_complete(i: int, spec: TeacherSpec, identity: str, train: torch.Tensor, heldout: torch.Tensor,
+                    cfg: DistillConfig) -> bool:
+    from compress.distill.logit_cache import LogitCache
+
+    names = _cache_names(i, spec, train, heldout, cfg)
+    try:
+        return bool(names) and all(
+            c.check_meta() and not c.missing_chunks()
+            for c in (LogitCache(Path(cfg.logit_cache) / n, w, teacher=identity, k=cfg.top_k, temperature=t)
+                      for n, w, t in names))
+    except SlimkitError:   # a cache of another run: load the teacher; opening the cache then says what differs
+        return False
+
+
+def _open_caches(teachers: Sequence[Teacher], identities: Sequence[str], train: torch.Tensor, heldout: torch.Tensor,
+                 cfg: DistillConfig, dist: Dist, autocast: Callable[[], Any], progress: bool) -> tuple[list, Any]:
     """Per teacher: its training-logit cache when it is logit-only and a cache dir is given;
-    plus the held-out cache of teacher 0 for evaluation (temperature 1)."""
+    plus the held-out cache of teacher 0 for evaluation (temperature 1). What is missing is built
+    with the teacher's model (None when the caches were complete: nothing to build)."""
     caches: list[Any] = [None] * len(teachers)
     eval_cache = None
-    if not cfg.logit_cache:
-        return caches, eval_cache
     for i, t in enumerate(teachers):
-        if t.spec.feature_weight > 0 or t.spec.relation_weight > 0:
-            continue  # needs hidden states online anyway; its logits come for free
-        fn = _logits_fn(t, dist.device, autocast)
-        name = f"teacher{i}-train-k{cfg.top_k}-T{t.spec.temperature:g}"
-        caches[i] = open_cache(cfg.logit_cache, name, train, t.identity, cfg.top_k, t.spec.temperature, fn,
-                               dist, progress=progress)
-        if i == 0 and heldout.shape[0]:
-            eval_cache = open_cache(cfg.logit_cache, f"teacher0-heldout-k{cfg.top_k}", heldout[:cfg.eval_windows],
-                                    t.identity, cfg.top_k, 1.0, fn, dist, progress=progress)
-        t.model = None  # served by the cache from now on: free its memory
+        fn = _logits_fn(t, dist.device, autocast) if t.model is not None else None
+        for name, windows, temperature in _cache_names(i, t.spec, train, heldout, cfg):
+            cache = open_cache(cfg.logit_cache, name, windows, identities[i], cfg.top_k, temperature, fn, dist,
+                               progress=progress)
+            if name.startswith(f"teacher{i}-train"):
+                caches[i] = cache
+            else:
+                eval_cache = cache
+        if caches[i] is not None:
+            t.model = None  # served by the cache from now on: free its memory
     return caches, eval_cache
 
 
@@ -250,17 +287,27 @@ class _Run:
         for p in student.parameters():
             p.requires_grad_(True)
         self.autocast = _autocast(cfg, dist.device)
-        self.teachers = [load_teacher(s, self.ckpt.tokenizer, dist.device) for s in specs]
-        prepare_teachers(student, self.teachers)
-        if corpus is None:
-            corpus = _corpus(data, self.ckpt.tokenizer, self.teachers, cfg, self.state, dist, self.progress)
+        tok = self.ckpt.tokenizer
+        identities = [cache_identity(s, tok) for s in specs] if cfg.logit_cache else [""] * len(specs)
+        self.teachers: list[Teacher] = []
+        if corpus is None and not data:   # data-free: the teachers sample the corpus
+            self.teachers = [load_teacher(s, tok, dist.device) for s in specs]
+            corpus = _corpus(data, tok, self.teachers, cfg, self.state, dist, self.progress)
+        elif corpus is None:
+            corpus = _corpus(data, tok, [], cfg, self.state, dist, self.progress)
         self.corpus_source = corpus.source
         self.train_windows, self.heldout = training_windows(corpus, cfg), corpus.heldout
+        if not self.teachers:   # a teacher whose logit caches are complete is never loaded
+            self.teachers = [Teacher(s, None, tok, identities[i])
+                             if _cache_complete(i, s, identities[i], self.train_windows, self.heldout, cfg)
+                             else load_teacher(s, tok, dist.device) for i, s in enumerate(specs)]
+        self.teachers_loaded = sum(t.model is not None for t in self.teachers)
+        prepare_teachers(student, self.teachers)
         self.corpus_sha = _sha(corpus.train, corpus.train_weights)   # the budget picks from it: not its subset
         self.train_weights, self.heldout_weights = training_weights(corpus, cfg), corpus.heldout_weights
         self.inner = DistillModule(student, self.teachers).to(dist.device)
-        self.caches, self.eval_cache = _open_caches(self.teachers, self.train_windows, self.heldout, cfg, dist,
-                                                    self.autocast, self.progress)
+        self.caches, self.eval_cache = _open_caches(self.teachers, identities, self.train_windows, self.heldout,
+                                                    cfg, dist, self.autocast, self.progress)
         self.module: Any = self.inner
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -410,7 +457,7 @@ class _Run:
         stage = {"stage": self.stage[0] if self.stage else "qat" if self.qat else "distill",
                  "config": {**self._config(), "teachers": [t.spec.to_dict() for t in self.teachers],
                             "data": self.corpus_source, "world_size": self.dist.world},
-                 "metrics": {**final, "tokens_per_s": tok_s}}
+                 "metrics": {**final, "tokens_per_s": tok_s, "teachers_loaded": self.teachers_loaded}}
         if self.qat is not None:
             self.ckpt.quant = convert_qat(self.inner.student)
             stage["config"]["tensor_types"] = _type_counts(self.ckpt.quant.types)

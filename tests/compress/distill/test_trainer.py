@@ -126,6 +126,30 @@ def test_data_free_and_multi_teacher_with_cache(tiny_dirs, tmp_path):
     assert 0 <= res.evals[-1]["top1_agreement"] <= 1 and res.evals[-1]["kl_to_teacher"] > 0
 
 
+def test_a_complete_logit_cache_serves_a_run_that_never_loads_the_teacher(tiny_dirs, tmp_path, monkeypatch):
+    from compress.distill import trainer
+
+    student, teacher, data = tiny_dirs
+    specs = [TeacherSpec(str(teacher))]
+    cfg = _cfg(logit_cache=str(tmp_path / "cache"), top_k=8)
+    first = distill(student, specs, tmp_path / "a", cfg, data=[data], progress=False)
+
+    def no_teacher(*a, **k):
+        raise AssertionError("the teacher was loaded although its caches are complete")
+    monkeypatch.setattr(trainer, "load_teacher", no_teacher)
+    second = distill(student, specs, tmp_path / "b", cfg, data=[data], progress=False)
+    from safetensors.torch import load_file
+
+    a, b = load_file(first.out / "model.safetensors"), load_file(second.out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)   # the same training, served from the cache
+    history = json.loads((second.out / "slimkit.json").read_text())
+    assert history["stages"][-1]["metrics"]["teachers_loaded"] == 0
+    assert second.evals[-1]["kl_to_teacher"] == pytest.approx(first.evals[-1]["kl_to_teacher"])
+    with pytest.raises(AssertionError, match="the teacher was loaded"):   # another top-k: not in the cache
+        distill(student, specs, tmp_path / "c", _cfg(logit_cache=str(tmp_path / "cache"), top_k=4), data=[data],
+                progress=False)
+
+
 def test_cli_bad_input_is_one_line_exit_2(tiny_dirs, tmp_path, capsys):
     from compress.checkpoint import Checkpoint, save
     from slimkit.cli import main
