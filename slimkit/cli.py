@@ -212,7 +212,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                       count_embeddings=args.count_embeddings, calib=str(args.calib) if args.calib else None,
                       calib_tokens=args.calib_tokens, calib_ctx=args.calib_ctx, align=args.align,
                       depth_metric=args.depth_metric, seed=args.seed, recover=args.recover,
-                      recover_tokens=args.recover_tokens, bridge=args.bridge,
+                      recover_tokens=args.recover_tokens, bridge=args.bridge, recover_target=args.recover_target,
                       **({} if args.recover_damp is None else {"recover_damp": args.recover_damp}))
     if not args.plan_only:
         _check_writable(args.output)
@@ -459,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "to the mean diagonal of X^T X (default: compress.prune.recover.DEFAULT_DAMP, 0.1)")
     s.add_argument("--bridge", choices=["ls", "cosine"], default="ls", help="objective of the linear bridges over "
                    "removed blocks (ReplaceMe): least squares or cosine distance")
+    s.add_argument("--recover-target", choices=["local", "dense"], default="local", help="what the refits match: "
+                   "the dense modules run on the pruned model's own activations (local), or the dense model's outputs")
     s.add_argument("--plan-only", action="store_true", help="print the plan and stop")
     s.set_defaults(func=_cmd_prune)
 

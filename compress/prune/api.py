@@ -18,6 +18,7 @@ from compress.prune.surgery import apply_shape
 
 SHAPE_KEYS = ("layers", "hidden", "ffn", "heads", "kv_heads")
 DEFAULT_RECOVER_TOKENS = 8192   # 16 windows of 512: the fits have ~10x more rows than unknowns per output
+SEARCH_FIT_WINDOWS = 4         # windows a candidate's trial recovery fits on (not those it is ranked on)
 DEFAULT_MODE = "ffn+heads+hidden, 0% as blocks"   # the plan when there is no calibration text to search with
 
 
@@ -38,7 +39,7 @@ class PruneConfig:
     recover_tokens: int | None = None         # calibration tokens the recovery fits on (first windows); None: 8192
     recover_damp: float = DEFAULT_DAMP        # ridge toward the pruned weights, relative to mean diag(X^T X)
     bridge: str = "ls"                        # depth bridges: least squares or cosine objective
-    recover_target: str = "dense"             # width fits: "dense" model outputs or "local" (recover.TARGETS)
+    recover_target: str = "local"             # "local" (dense modules on the pruned stream) or "dense" outputs
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -167,8 +168,9 @@ def make_plan(model: torch.nn.Module, cfg: PruneConfig, scores: Scores | None, w
         if search is not None and scores is not None and cfg.recovering:
             cands = _bridged(model, cands, dense, search, scores)
         if len(cands) > 1 and search is not None and scores is not None:
+            fit = windows[cfg.search_windows: cfg.search_windows + SEARCH_FIT_WINDOWS]
             cands = rank(model, cands, scores, search, progress=progress,
-                         recover_cfg=cfg.recover_config() if cfg.recovering else None)
+                         recover_cfg=cfg.recover_config() if cfg.recovering else None, fit_windows=fit)
         elif len(cands) > 1:
             cands = sorted(cands, key=lambda c: c.name != DEFAULT_MODE)
     best = cands[0]

@@ -21,7 +21,9 @@ none is added. A fit that does not lower the calibration error is not applied, s
 raises a layer's reconstruction error on the calibration tokens.
 
 Depth (linear bridges, compress.prune.bridge): a run of removed blocks is replaced by a map T
-folded into the block before it.
+folded into the block before it. Its target is the hidden state leaving the run: the dense
+model's (`target="dense"`), or, local, the removed dense blocks run on the pruned block's own
+output (ReplaceMe's form, applied sequentially).
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ LOCAL_PARENTS = {"self_attn.o_proj": "self_attn", "mlp.down_proj": "mlp"}   # th
 class RecoverConfig:
     damp: float = DEFAULT_DAMP  # ridge strength relative to the mean diagonal of X^T X
     bridge: str = "ls"          # objective of the depth bridges: ls or cosine
-    target: str = "dense"       # width fits: the dense model's outputs, or local (dense module, pruned input)
+    target: str = "local"       # local (dense modules on the pruned input: measured better) or the dense outputs
 
     def __post_init__(self) -> None:
         if not self.damp >= 0:
@@ -279,7 +281,13 @@ def recover(dense: nn.Module, pruned: nn.Module, kept: dict[str, Any], windows: 
         nxt = keep[j + 1] if j + 1 < len(keep) else len(d_layers)
         xd = dense_through(xd, i + 1, nxt)
         if nxt > i + 1:   # blocks i+1 .. nxt-1 were removed: bridge them in block i
-            b = bridges.fit_bridge(p_blk, xp, calls[i], [_select(x, hidden) for x in xd], cfg)
+            if cfg.target == "local" and hidden is None:   # the removed dense blocks, fed the pruned stream
+                target = run_block(p_blk, xp, calls[i])
+                for k in range(i + 1, nxt):
+                    target = run_block(d_layers[k], target, calls[k])
+            else:
+                target = [_select(x, hidden) for x in xd]
+            b = bridges.fit_bridge(p_blk, xp, calls[i], target, cfg)
             report["bridges"].append({"removed": [i + 1, nxt - 1], "block": i, **b})
         xp = run_block(p_blk, xp, calls[i])
     if bar is not None:

@@ -106,12 +106,15 @@ def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch: int =
 
 
 def rank(model: torch.nn.Module, cands: list[Candidate], scores: Scores, windows: torch.Tensor,
-         progress: bool = True, recover_cfg=None, recover_top: int = 3) -> list[Candidate]:
+         progress: bool = True, recover_cfg=None, recover_top: int = 2,
+         fit_windows: torch.Tensor | None = None) -> list[Candidate]:
     """Prune a copy of the model to each candidate and measure its calibration loss (lowest first).
 
     With `recover_cfg` (a compress.prune.recover.RecoverConfig), the `recover_top` candidates of
-    lowest loss after pruning, and every depth-only one, are also repaired, and rank by their loss
-    after recovery (recovery costs a few forward passes per candidate, so not every one gets it)."""
+    lowest loss after pruning, and the best depth-only one, are also repaired, and rank by their
+    loss after recovery. Recovery costs a few forward passes per candidate, so not every one gets
+    it, and the ranking fits on `fit_windows` (other calibration windows than the `windows` the
+    loss is measured on, when there are enough), so a candidate is not ranked on its own fit."""
     from tqdm.auto import tqdm
 
     pruned = []
@@ -123,19 +126,22 @@ def rank(model: torch.nn.Module, cands: list[Candidate], scores: Scores, windows
     pruned.sort(key=lambda c: c.loss)
     if recover_cfg is None:
         return pruned
-    chosen = {id(c) for c in pruned[:recover_top]} | {id(c) for c in pruned if c.name.startswith("depth")}
-    out = [_recovered(model, c, scores, windows, recover_cfg) if id(c) in chosen else c
+    depth = [c for c in pruned if c.name.startswith("depth")][:1]
+    chosen = {id(c) for c in pruned[:recover_top] + depth}
+    fit = fit_windows if fit_windows is not None and fit_windows.numel() else windows
+    out = [_recovered(model, c, scores, fit, windows, recover_cfg) if id(c) in chosen else c
            for c in tqdm(pruned, desc="recovery search", disable=not progress)]
     return sorted(out, key=lambda c: c.loss)
 
 
-def _recovered(model: torch.nn.Module, c: Candidate, scores: Scores, windows: torch.Tensor, cfg) -> Candidate:
+def _recovered(model: torch.nn.Module, c: Candidate, scores: Scores, fit: torch.Tensor, windows: torch.Tensor,
+               cfg) -> Candidate:
     from compress.prune.recover import recover
 
     trial = copy.deepcopy(model)
     kept = apply_shape(trial, c.shape, scores, layers=list(c.layers) if c.layers is not None else None)
     start = time.perf_counter()
-    recover(model, trial, kept, windows, cfg, progress=False)
+    recover(model, trial, kept, fit, cfg, progress=False)
     return dataclasses.replace(c, loss=calibration_loss(trial, windows), loss_pruned=c.loss,
                                recover_seconds=round(time.perf_counter() - start, 2))
 

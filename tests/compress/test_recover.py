@@ -112,6 +112,54 @@ def test_recovery_never_raises_a_layers_reconstruction_error(family, calib):
     assert report["rel_err_after"] < report["rel_err_before"]
 
 
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_local_targets_are_the_dense_modules_on_the_pruned_input(family, calib):
+    """target=local (the default where the residual width is kept): o_proj and down_proj are fitted
+    to the dense attention / MLP run on the pruned block's own input; each fit lowers that error."""
+    from compress.prune.recover import LOCAL_PARENTS
+
+    ckpt = TINY[family]()
+    dense = copy.deepcopy(ckpt.model)
+    windows = _windows(calib, ckpt)
+    shape = {"llama": dict(ffn=96, heads=2, kv_heads=1), "gemma3": dict(ffn=96, heads=1, kv_heads=1)}[family]
+    res = prune(ckpt, _cfg(calib, shape=shape, recover="none"), progress=False)
+    model, kept = res.checkpoint.model, res.stage["kept"]
+    before = copy.deepcopy(model)
+    report = recover(dense, model, kept, windows, RecoverConfig(damp=0.01, target="local"), progress=False)
+    got: dict = {}
+    hooks = []
+    for j, i in enumerate(kept["layers"]):
+        for name, parent in LOCAL_PARENTS.items():
+            def pre(m, a, k, i=i, name=name, parent=parent):
+                out = dense.model.layers[i].get_submodule(parent)(*a, **k)
+                got.setdefault(("y", i, name), []).append(out[0] if isinstance(out, tuple) else out)
+            hooks.append(before.model.layers[j].get_submodule(parent).register_forward_pre_hook(pre, with_kwargs=True))
+            hooks.append(before.model.layers[j].get_submodule(name).register_forward_pre_hook(
+                lambda m, a, k=(i, name): got.setdefault(("x",) + k, []).append(a[0])))
+        hooks.append(dense.model.layers[i].register_forward_hook(lambda m, a, o, i=i: got.setdefault(("w", i), []).append(
+            1.0 / (o[0] if isinstance(o, tuple) else o).pow(2).mean(-1, keepdim=True))))
+    fits = {(f["layer"], f["name"]): f for f in report["fits"]}
+    assert {n for _, n in fits} == set(LOCAL_PARENTS)
+    # the first block sees the dense input: its local and dense targets agree, so only it can be
+    # checked on the unrepaired model's inputs (later blocks' inputs change as earlier ones are fixed)
+    i0 = kept["layers"][0]
+    with torch.no_grad():
+        for w in windows:
+            before(input_ids=w[None], use_cache=False)
+            dense(input_ids=w[None], use_cache=False)
+    for h in hooks:
+        h.remove()
+    wt = torch.cat(got[("w", i0)]).double().sqrt()
+    for name in ("self_attn.o_proj",):   # o_proj's input is the same before and after its own fit
+        x, y = torch.cat(got[("x", i0, name)]).double() * wt, torch.cat(got[("y", i0, name)]).double() * wt
+        old = before.model.layers[0].get_submodule(name).weight.detach().double()
+        new = model.model.layers[0].get_submodule(name).weight.detach().double()
+        err_old, err_new = ((x @ old.T - y) ** 2).sum(), ((x @ new.T - y) ** 2).sum()
+        assert err_new < err_old
+        assert fits[(i0, name)]["rel_err_after"] == pytest.approx(float(err_new / (y ** 2).sum()), rel=1e-3, abs=1e-6)
+    assert all(f["rel_err_after"] <= f["rel_err_before"] for f in report["fits"])
+
+
 def _identity_block(model, k):
     with torch.no_grad():
         blk = model.model.layers[k]
