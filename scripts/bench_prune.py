@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.benchlib import REPO, SHARED_DATA, write_result  # noqa: E402
+from scripts.benchlib import REPO, RESULTS, SHARED_DATA, earlier_rows, write_result  # noqa: E402
 
 MODELS = {"smollm2-135m-instruct": [0.10, 0.25, 0.40], "gemma3-270m": [0.25]}
 CALIB = SHARED_DATA / "text" / "tinystories_train_head.txt.gz"
@@ -38,12 +38,18 @@ IN_DOMAIN_WINDOWS = 8
 WIDTH_METHODS = ("minitron", "taylor", "magnitude", "random")
 
 
-def _plan() -> list[tuple[str, str, str]]:
-    """(method, recover, bridge) rows, the same at every fraction."""
+RECOVER = {"none": {"recover": "none"}, "ls": {"recover": "ls", "recover_target": "local"},
+           "ls-dense": {"recover": "ls", "recover_target": "dense"}}   # ls: the product default (local targets)
+
+
+def _plan(frac: float) -> list[tuple[str, str, str]]:
+    """(method, recover, bridge) rows at one fraction."""
     # the headline rows first (minitron, depth, the product path), then the other importance criteria
     rows = [("minitron", r, "ls") for r in ("none", "ls")]
     rows += [("block-influence", "none", "ls"), ("block-influence", "ls", "ls"), ("block-influence", "ls", "cosine"),
              ("search+ls", "ls", "ls")]
+    if frac == 0.25:   # local against dense targets, at the headline fraction
+        rows += [("minitron", "ls-dense", "ls"), ("block-influence", "ls-dense", "ls")]
     return rows + [(m, r, "ls") for m in WIDTH_METHODS[1:] for r in ("none", "ls")]
 
 
@@ -52,9 +58,9 @@ def _key(method: str, frac: float, recover: str, bridge: str) -> str:
 
 
 class Rows:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, model: str) -> None:
         self.path = path
-        self.rows: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+        self.rows: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else _earlier(model)
 
     def put(self, key: str, row: dict) -> None:
         self.rows[key] = row
@@ -62,6 +68,32 @@ class Rows:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.rows, indent=1))
         os.replace(tmp, self.path)
+
+
+def _earlier(model: str) -> dict[str, dict]:
+    """The rows of the previous benchmarks/results/prune.json, for a run whose work directory is
+    gone (each keeps `measured_at_commit`). Rows measured before local targets existed used the
+    dense target: they are the `ls-dense` rows."""
+    commit, rows = earlier_rows("prune")
+    if not rows:
+        return {}
+    doc = json.loads((RESULTS / "prune.json").read_text())["metrics"]
+    out: dict[str, dict] = {}
+    if model in doc.get("models", {}):
+        m = doc["models"][model]
+        out["dense"] = {"ppl": m["dense_ppl"], "ppl_in_domain": m.get("dense_ppl_in_domain"),
+                        "measured_at_commit": m.get("measured_at_commit", commit)}
+        out["score_seconds"] = m.get("score_seconds", {})
+    for r in rows:
+        if r.get("model") != model:
+            continue
+        recover = r["recover"]
+        if recover == "ls" and "recover_target" not in r:
+            recover = "ls-dense"
+            r = {**r, "recover": recover, "recover_target": "dense"}
+        out[_key(r["method"], r["removed_fraction"], recover, r.get("bridge") or "ls")] = \
+            {**r, "measured_at_commit": r.get("measured_at_commit", commit)}
+    return out
 
 
 def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
@@ -73,7 +105,7 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
     from compress.prune.api import calibration_windows
     from compress.prune.importance import score
 
-    todo = [(f, *p) for f in fractions for p in _plan() if _key(p[0], f, p[1], p[2]) not in rows.rows]
+    todo = [(f, *p) for f in fractions for p in _plan(f) if _key(p[0], f, p[1], p[2]) not in rows.rows]
     if not todo and "dense" in rows.rows:
         return
     torch.manual_seed(0)
@@ -108,8 +140,8 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
             res = prune(copy.deepcopy(dense), PruneConfig(method="minitron", target_params=keep, **base),
                         progress=False)
         elif method == "block-influence":
-            res = prune(copy.deepcopy(dense), PruneConfig(method=method, target_params=keep, recover=recover,
-                                                          bridge=bridge, **base),
+            res = prune(copy.deepcopy(dense), PruneConfig(method=method, target_params=keep, bridge=bridge,
+                                                          **RECOVER[recover], **base),
                         scores=scores_for(method), progress=False)
         else:
             if frac not in shapes:
@@ -117,12 +149,13 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
                                                                  **base), scores=scores_for("minitron"), plan_only=True,
                                progress=False)
                 shapes[frac] = search.plan.shape.as_dict()
-            res = prune(copy.deepcopy(dense), PruneConfig(method=method, shape=shapes[frac], recover=recover, **base),
+            res = prune(copy.deepcopy(dense), PruneConfig(method=method, shape=shapes[frac], **RECOVER[recover], **base),
                         scores=scores_for(method), progress=False)
         seconds = time.perf_counter() - start
         m = res.stage["metrics"]
         row = {"model": name, "method": method, "removed_fraction": frac, "recover": recover,
-               "bridge": bridge if method in ("block-influence", "search+ls") and recover == "ls" else None,
+               "bridge": bridge if method in ("block-influence", "search+ls") and recover != "none" else None,
+               "recover_target": RECOVER[recover].get("recover_target"),
                "params": res.plan.params, "actual_removed_fraction": round(res.plan.removed_fraction, 4),
                "shape": res.plan.shape.as_dict(), "layers": res.stage["kept"]["layers"],
                "ppl": ppl(res.checkpoint.model), "ppl_in_domain": ppl_in_domain(res.checkpoint.model),
@@ -142,13 +175,15 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
 def summarize(args) -> dict:
     out: dict = {"models": {}, "rows": [], "not_run": []}
     for name, fractions in args.models.items():
-        rows = Rows(args.work / name / "rows.json")
+        rows = Rows(args.work / name / "rows.json", name)
         if "dense" in rows.rows:
             out["models"][name] = {"dense_ppl": rows.rows["dense"]["ppl"],
+                                   **({"measured_at_commit": rows.rows["dense"]["measured_at_commit"]}
+                                      if "measured_at_commit" in rows.rows["dense"] else {}),
                                    "dense_ppl_in_domain": rows.rows["dense"].get("ppl_in_domain"),
                                    "score_seconds": rows.rows.get("score_seconds", {})}
         for f in fractions:
-            for method, recover, bridge in _plan():
+            for method, recover, bridge in _plan(f):
                 r = rows.rows.get(_key(method, f, recover, bridge))
                 if r is None:
                     out["not_run"].append({"model": name, "method": method, "removed_fraction": f, "recover": recover,
@@ -158,7 +193,7 @@ def summarize(args) -> dict:
     main_model = "smollm2-135m-instruct"
     at25 = [r for r in out["rows"] if r["model"] == main_model and r["removed_fraction"] == 0.25]
     plain = [r for r in at25 if r["recover"] == "none"]
-    fixed = [r for r in at25 if r["recover"] == "ls"]
+    fixed = [r for r in at25 if r["recover"] != "none"]
     if main_model in out["models"]:
         out["dense_ppl"] = out["models"][main_model]["dense_ppl"]
     if plain:
@@ -167,7 +202,7 @@ def summarize(args) -> dict:
         best = min(fixed, key=lambda r: r["ppl"])
         out["ppl_25_recovered"] = best["ppl"]
         out["recovery_seconds"] = best["recovery_seconds"]
-        out["ppl_25_recovered_row"] = {k: best[k] for k in ("method", "recover", "bridge", "shape")}
+        out["ppl_25_recovered_row"] = {k: best.get(k) for k in ("method", "recover", "recover_target", "bridge", "shape")}
         if "dense_ppl" in out:
             out["ppl_25_recovered_ratio"] = round(best["ppl"] / out["dense_ppl"], 3)
     product = [r for r in at25 if r["method"] == "search+ls"]
@@ -192,7 +227,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     if not args.cached_only:
         for name, fractions in args.models.items():
-            run_model(name, fractions, args, Rows(args.work / name / "rows.json"))
+            run_model(name, fractions, args, Rows(args.work / name / "rows.json", name))
     write_result("prune", {
         **summarize(args),
         "params_counted": "non-embedding (blocks + final norm)",

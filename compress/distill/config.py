@@ -30,6 +30,7 @@ class DistillConfig:
     heldout_fraction: float = 0.05
     logit_cache: str | None = None  # directory of the offline teacher-logit cache
     top_k: int = 64
+    sampled_logits: int = 0  # > 0: the training cache holds this many teacher draws per token instead of the top-k
     data_free_tokens: int | None = None  # teacher-sampled corpus size when no data is given (default: tokens)
     relation_layer: int = -1  # decoder layer whose q/k/v feed the relation losses (MiniLM: the last)
 
@@ -48,6 +49,8 @@ class DistillConfig:
             raise SlimkitError(f"held-out fraction must be in [0, 1), got {self.heldout_fraction}")
         if self.precision not in PRECISIONS:
             raise SlimkitError(f"unknown --precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+        if self.sampled_logits < 0 or (self.sampled_logits and not self.logit_cache):
+            raise SlimkitError("--sampled-logits K needs --logit-cache DIR (the draws are cached) and K >= 1")
         if self.eval_every < 0 or self.save_every < 0:
             raise SlimkitError("--eval-every and --save-every must be >= 0")
 

@@ -1,10 +1,14 @@
-"""Offline teacher logits: per token the top-k logits and the log-sum-exp of the other V - k
-(DistillKit's compressed form), computed once, reused across epochs and runs.
+"""Offline teacher logits, computed once, reused across epochs and runs, in one of two forms:
+- top-k: per token the top-k logits and the log-sum-exp of the other V - k (DistillKit's form);
+- sampled: per token K token ids drawn from the teacher's distribution (losses.SampledLogits, an
+  unbiased estimate of the KL gradient), seeded per chunk so a rebuilt chunk is the same.
+At equal bytes per token K = 2k + 2 (top-k: k uint16 ids + k float16 logits + one float32;
+sampled: K uint16 ids), before compression.
 
 Layout of one cache (one teacher, one split of one corpus):
     DIR/<name>/meta.json          teacher identity, k, temperature, seq_len, windows, data sha256
     DIR/<name>/chunk-000000.npz   windows [0, C): indices (uint16/int32), values (float16),
-                                  rest_lse (float32), sha256 of those windows' token ids
+                                  rest_lse (float32) [top-k only], sha256 of those windows' token ids
 Chunks are independent, so ranks build disjoint chunks in parallel (chunk j on rank j % world)
 and each rank later reads only the chunks of its own windows; the cache does not depend on the
 world size. meta.json must match the run (else a one-line error says what differs) and each
@@ -26,7 +30,7 @@ import torch
 
 from compress.atomic import atomic_write
 from compress.data import windows_sha256
-from compress.distill.losses import SparseLogits
+from compress.distill.losses import SampledLogits, SparseLogits
 from compress.errors import SlimkitError
 
 CACHE_FORMAT = 1
@@ -36,13 +40,14 @@ LRU_CHUNKS = 64
 
 class LogitCache:
     def __init__(self, directory: str | Path, windows: torch.Tensor, *, teacher: str, k: int,
-                 temperature: float, chunk_windows: int = CHUNK_WINDOWS) -> None:
+                 temperature: float, chunk_windows: int = CHUNK_WINDOWS, sampled: bool = False, seed: int = 0) -> None:
         if k < 1:
-            raise SlimkitError(f"--top-k must be at least 1, got {k}")
+            raise SlimkitError(f"--top-k / --sampled-logits must be at least 1, got {k}")
         self.dir = Path(directory)
         self.windows = windows
         self.chunk_windows = chunk_windows
-        self.meta = {"format": CACHE_FORMAT, "teacher": teacher, "k": k, "temperature": float(temperature),
+        self.meta = {"format": CACHE_FORMAT, "kind": "sampled" if sampled else "topk", "teacher": teacher, "k": k,
+                     **({"seed": seed} if sampled else {}), "temperature": float(temperature),
                      "seq_len": int(windows.shape[1]), "windows": int(windows.shape[0]),
                      "chunk_windows": chunk_windows, "data_sha256": windows_sha256(windows)}
         self._lru: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
@@ -90,8 +95,13 @@ class LogitCache:
             bar = tqdm(total=n, desc="teacher logit cache", unit="tok")
         for j in todo:
             ids = self.windows[j * self.chunk_windows:(j + 1) * self.chunk_windows]
-            parts = [SparseLogits.from_dense(logits_fn(ids[i:i + batch_size]), self.meta["k"],
-                                             self.meta["temperature"]) for i in range(0, len(ids), batch_size)]
+            if self.sampled:
+                gen = torch.Generator().manual_seed(self.meta["seed"] * 1_000_003 + j)
+                parts = [SampledLogits.draw(logits_fn(ids[i:i + batch_size]), self.meta["k"], self.meta["temperature"],
+                                            gen) for i in range(0, len(ids), batch_size)]
+            else:
+                parts = [SparseLogits.from_dense(logits_fn(ids[i:i + batch_size]), self.meta["k"],
+                                                 self.meta["temperature"]) for i in range(0, len(ids), batch_size)]
             self._write_chunk(j, ids, parts)
             if bar is not None:
                 bar.update(ids.numel())
@@ -99,18 +109,23 @@ class LogitCache:
             bar.close()
         return len(todo)
 
-    def _write_chunk(self, j: int, ids: torch.Tensor, parts: Sequence[SparseLogits]) -> None:
+    @property
+    def sampled(self) -> bool:
+        return self.meta["kind"] == "sampled"
+
+    def _write_chunk(self, j: int, ids: torch.Tensor, parts: Sequence[SparseLogits | SampledLogits]) -> None:
         index_dtype = np.uint16 if self.meta_vocab_fits_uint16(parts) else np.int32
         buf = io.BytesIO()
-        np.savez_compressed(buf,
-                            indices=torch.cat([p.indices for p in parts]).numpy().astype(index_dtype),
-                            values=torch.cat([p.values for p in parts]).numpy().astype(np.float16),
-                            rest_lse=torch.cat([p.rest_lse for p in parts]).numpy().astype(np.float32),
-                            sha256=np.frombuffer(windows_sha256(ids).encode(), dtype=np.uint8))
+        arrays = {"indices": torch.cat([p.indices for p in parts]).numpy().astype(index_dtype),
+                  "sha256": np.frombuffer(windows_sha256(ids).encode(), dtype=np.uint8)}
+        if not self.sampled:
+            arrays.update(values=torch.cat([p.values for p in parts]).numpy().astype(np.float16),
+                          rest_lse=torch.cat([p.rest_lse for p in parts]).numpy().astype(np.float32))
+        np.savez_compressed(buf, **arrays)
         atomic_write(self.chunk_path(j), buf.getvalue())
 
     @staticmethod
-    def meta_vocab_fits_uint16(parts: Sequence[SparseLogits]) -> bool:
+    def meta_vocab_fits_uint16(parts: Sequence[SparseLogits | SampledLogits]) -> bool:
         return max(int(p.indices.max()) for p in parts) < 2**16
 
     def _chunk(self, j: int) -> dict[str, np.ndarray]:
@@ -119,8 +134,9 @@ class LogitCache:
             return self._lru[j]
         path = self.chunk_path(j)
         try:
+            names = ("indices", "sha256") if self.sampled else ("indices", "values", "rest_lse", "sha256")
             with np.load(path) as z:
-                data = {name: z[name] for name in ("indices", "values", "rest_lse", "sha256")}
+                data = {name: z[name] for name in names}
         except (OSError, ValueError, KeyError) as exc:
             raise SlimkitError(f"logit cache chunk {path} is missing or unreadable ({exc}); delete it to rebuild") from None
         ids = self.windows[j * self.chunk_windows:(j + 1) * self.chunk_windows]
@@ -131,13 +147,19 @@ class LogitCache:
             self._lru.popitem(last=False)
         return data
 
-    def get(self, window_ids: Sequence[int]) -> SparseLogits:
-        """Sparse teacher logits for the given window indices: (B, L, k) / (B, L)."""
+    def get(self, window_ids: Sequence[int]) -> SparseLogits | SampledLogits:
+        """Sparse teacher logits for the given window indices: (B, L, k) / (B, L), or the draws (B, L, K)."""
         rows = []
         for w in window_ids:
             data = self._chunk(int(w) // self.chunk_windows)
             r = int(w) % self.chunk_windows
-            rows.append((data["indices"][r], data["values"][r], data["rest_lse"][r]))
+            if self.sampled:
+                rows.append((data["indices"][r],))
+            else:
+                rows.append((data["indices"][r], data["values"][r], data["rest_lse"][r]))
+        if self.sampled:
+            return SampledLogits(torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.int64)),
+                                 self.meta["temperature"])
         return SparseLogits(torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.int64)),
                             torch.from_numpy(np.stack([r[1] for r in rows]).astype(np.float32)),
                             torch.from_numpy(np.stack([r[2] for r in rows])),
@@ -146,12 +168,13 @@ class LogitCache:
 
 def open_cache(directory: str | Path, name: str, windows: torch.Tensor, teacher: Any, k: int, temperature: float,
                logits_fn: Callable[[torch.Tensor], torch.Tensor] | None, dist: Any, batch_size: int = 4,
-               progress: bool = False) -> LogitCache:
+               progress: bool = False, sampled: bool = False, seed: int = 0) -> LogitCache:
     """Open (building what is missing, in parallel over ranks) the cache DIR/name.
 
     `dist` is compress.distill.parallel.Dist: rank 0 validates/writes meta.json, every rank builds
     its chunks, and all wait until the whole cache is there."""
-    cache = LogitCache(Path(directory) / name, windows, teacher=teacher, k=k, temperature=temperature)
+    cache = LogitCache(Path(directory) / name, windows, teacher=teacher, k=k, temperature=temperature,
+                       sampled=sampled, seed=seed)
     if dist.rank == 0 and not cache.check_meta():
         cache.write_meta()
     dist.barrier()

@@ -53,6 +53,53 @@ class SparseLogits:
         return cls(indices, values, torch.logsumexp(rest, dim=-1), temperature)
 
 
+@dataclass(frozen=True)
+class SampledLogits:
+    """Teacher targets as K tokens drawn per position from the teacher's distribution at
+    temperature `temperature`, with replacement (random-sampling KD, "Sparse Logit Sampling",
+    Anshumann et al. 2025). The empirical distribution p^ of the draws has E[p^] = p_teacher, and
+    the forward-KL gradient with respect to the student's logits, p_student - p^ (times T), is
+    linear in p^: an unbiased estimate of the full KL gradient, where the top-k form is biased.
+
+    indices: (..., K) int64 token ids (repeats count)."""
+
+    indices: Tensor
+    temperature: float = 1.0
+
+    def to(self, device: torch.device | str) -> "SampledLogits":
+        return SampledLogits(self.indices.to(device), self.temperature)
+
+    @classmethod
+    def draw(cls, logits: Tensor, k: int, temperature: float = 1.0,
+             generator: torch.Generator | None = None) -> "SampledLogits":
+        probs = F.softmax(logits.float() / temperature, dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        idx = torch.multinomial(flat, k, replacement=True, generator=generator)
+        return cls(idx.reshape(*probs.shape[:-1], k), temperature)
+
+    def neg_entropy(self) -> Tensor:
+        """(...): sum_v p^_v log p^_v = (1/K) sum_k log(c_k / K), c_k the count of draw k's token
+        (from the sorted draws, so O(K log K) per position)."""
+        k = self.indices.shape[-1]
+        srt = self.indices.sort(-1).values.contiguous()
+        counts = torch.searchsorted(srt, srt, right=True) - torch.searchsorted(srt, srt)
+        return torch.log(counts.double() / k).mean(-1).float()
+
+
+def sampled_forward_kl(student: Tensor, teacher: SampledLogits, temperature: float = 1.0,
+                       mask: Tensor | None = None) -> Tensor:
+    """KL(p^ || p_student) with p^ the empirical distribution of the teacher's draws:
+    (1/K) sum_k [log(c_k / K) - log p_s(i_k)] per position (c_k: the count of draw k's token), so
+    its gradient is (p_s - p^) / T * T**2 -- the full forward KL's with p^ for p_teacher."""
+    if not math.isclose(teacher.temperature, temperature):
+        raise SlimkitError(f"the cached teacher draws were made at temperature {teacher.temperature}, "
+                           f"the loss asks for {temperature}; rebuild the logit cache or use its temperature")
+    log_s = F.log_softmax(student.float() / temperature, dim=-1)
+    picked = log_s.gather(-1, teacher.indices)
+    per_pos = teacher.neg_entropy() - picked.mean(-1)
+    return _masked_mean(per_pos, mask) * temperature**2
+
+
 def log_probs_pair(student: Tensor, teacher: Tensor | SparseLogits, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """(log p_student, log p_teacher) over the same bins: the full vocabulary for a dense teacher,
     the teacher's k tokens + one rest bin for a sparse one. Shapes (..., V) or (..., k + 1)."""
@@ -124,10 +171,15 @@ def total_variation(student: Tensor, teacher: Tensor | SparseLogits, temperature
 DIVERGENCES = {"fkl": forward_kl, "rkl": reverse_kl, "jsd": generalized_jsd, "tv": total_variation}
 
 
-def divergence(name: str, student: Tensor, teacher: Tensor | SparseLogits, *, temperature: float = 1.0,
-               beta: float = 0.5, mask: Tensor | None = None) -> Tensor:
+def divergence(name: str, student: Tensor, teacher: Tensor | SparseLogits | SampledLogits, *,
+               temperature: float = 1.0, beta: float = 0.5, mask: Tensor | None = None) -> Tensor:
     if name not in DIVERGENCES:
         raise SlimkitError(f"unknown logit loss {name!r}; choose one of {', '.join(DIVERGENCES)}")
+    if isinstance(teacher, SampledLogits):
+        if name != "fkl":
+            raise SlimkitError(f"sampled teacher logits estimate the forward KL only; use --loss fkl (got {name}) "
+                               "or a top-k logit cache")
+        return sampled_forward_kl(student, teacher, temperature, mask)
     if name == "jsd":
         return generalized_jsd(student, teacher, beta, temperature, mask)
     return DIVERGENCES[name](student, teacher, temperature, mask)

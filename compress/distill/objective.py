@@ -21,7 +21,7 @@ from torch import nn
 
 from compress.distill import losses
 from compress.distill.features import (Projections, capture_qkv, num_layers, parse_layer_map, relation_heads)
-from compress.distill.losses import SparseLogits
+from compress.distill.losses import SampledLogits, SparseLogits
 from compress.distill.teachers import Teacher, teacher_forward
 
 
@@ -56,6 +56,8 @@ def _trim(t: torch.Tensor | SparseLogits, n_vocab: int | None) -> torch.Tensor |
     """Drop the last position (it predicts past the window) and padded vocabulary rows."""
     if isinstance(t, SparseLogits):
         return SparseLogits(t.indices[:, :-1], t.values[:, :-1], t.rest_lse[:, :-1], t.temperature)
+    if isinstance(t, SampledLogits):
+        return SampledLogits(t.indices[:, :-1], t.temperature)
     return t[:, :-1, :n_vocab] if n_vocab else t[:, :-1]
 
 

@@ -126,14 +126,19 @@ def _logits_fn(teacher: Teacher, device: torch.device, autocast: Callable[[], An
 
 
 def _cache_names(i: int, spec: TeacherSpec, train: torch.Tensor, heldout: torch.Tensor, cfg: DistillConfig
-                 ) -> list[tuple[str, torch.Tensor, float]]:
-    """(cache name, windows, temperature) of teacher i's logit caches: its training windows, and
-    for teacher 0 the held-out windows of the evaluation (T = 1). None when it is not cacheable."""
+                 ) -> list[tuple[str, torch.Tensor, float, int, bool]]:
+    """(cache name, windows, temperature, k, sampled) of teacher i's logit caches: its training
+    windows (top-k, or --sampled-logits draws), and for teacher 0 the held-out windows of the
+    evaluation (top-k, T = 1). Empty when it is not cacheable."""
     if not cfg.logit_cache or spec.feature_weight > 0 or spec.relation_weight > 0:
         return []   # no cache asked, or the teacher's hidden states are needed online anyway
-    names = [(f"teacher{i}-train-k{cfg.top_k}-T{spec.temperature:g}", train, spec.temperature)]
+    if cfg.sampled_logits:
+        names = [(f"teacher{i}-train-s{cfg.sampled_logits}-T{spec.temperature:g}-seed{cfg.seed}", train,
+                  spec.temperature, cfg.sampled_logits, True)]
+    else:
+        names = [(f"teacher{i}-train-k{cfg.top_k}-T{spec.temperature:g}", train, spec.temperature, cfg.top_k, False)]
     if i == 0 and heldout.shape[0]:
-        names.append((f"teacher0-heldout-k{cfg.top_k}", heldout[:cfg.eval_windows], 1.0))
+        names.append((f"teacher0-heldout-k{cfg.top_k}", heldout[:cfg.eval_windows], 1.0, cfg.top_k, False))
     return names
 
 
@@ -156,8 +161,8 @@ def _cache_complete(i: int, spec: TeacherSpec, identity: str, train: torch.Tenso
     try:
         return bool(names) and all(
             c.check_meta() and not c.missing_chunks()
-            for c in (LogitCache(Path(cfg.logit_cache) / n, w, teacher=identity, k=cfg.top_k, temperature=t)
-                      for n, w, t in names))
+            for c in (LogitCache(Path(cfg.logit_cache) / n, w, teacher=identity, k=k, temperature=t, sampled=smp,
+                                 seed=cfg.seed) for n, w, t, k, smp in names))
     except SlimkitError:   # a cache of another run: load the teacher; opening the cache then says what differs
         return False
 
@@ -171,9 +176,9 @@ def _open_caches(teachers: Sequence[Teacher], identities: Sequence[str], train: 
     eval_cache = None
     for i, t in enumerate(teachers):
         fn = _logits_fn(t, dist.device, autocast) if t.model is not None else None
-        for name, windows, temperature in _cache_names(i, t.spec, train, heldout, cfg):
-            cache = open_cache(cfg.logit_cache, name, windows, identities[i], cfg.top_k, temperature, fn, dist,
-                               progress=progress)
+        for name, windows, temperature, k, sampled in _cache_names(i, t.spec, train, heldout, cfg):
+            cache = open_cache(cfg.logit_cache, name, windows, identities[i], k, temperature, fn, dist,
+                               progress=progress, sampled=sampled, seed=cfg.seed)
             if name.startswith(f"teacher{i}-train"):
                 caches[i] = cache
             else:
@@ -247,6 +252,8 @@ def distill(student_source: str | Path, teachers: Sequence[TeacherSpec], out: st
     `corpus`: a prebuilt corpus instead of `data` (e.g. prompt -> target examples with weights);
     `stage`: (history stage name, extra config that must match on resume) for callers built on it.
     """
+    if cfg.sampled_logits and any(t.loss != "fkl" for t in teachers):
+        raise SlimkitError("--sampled-logits estimates the forward KL only: use --loss fkl, or a top-k cache (--top-k)")
     dist = Dist.from_env()
     try:
         fp = fingerprints.fingerprint(_resume_config(cfg, qat, stage), student_source, teachers,
