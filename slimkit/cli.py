@@ -146,6 +146,7 @@ def _cmd_distill(args: argparse.Namespace, qat=None) -> int:
                         eval_every=args.eval_every, save_every=args.save_every, precision=args.precision,
                         seed=args.seed, logit_cache=str(args.logit_cache) if args.logit_cache else None,
                         top_k=args.top_k, sampled_logits=args.sampled_logits,
+                        blockwise_tokens=args.blockwise_tokens,
                         data_free_tokens=args.data_free_tokens)
     res = distill(args.student, specs, args.output, cfg, data=args.data, resume=args.resume, qat=qat)
     if res.main_rank:
@@ -314,6 +315,8 @@ def _add_training_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ce-weight", type=float, default=0.0, help="cross-entropy on the data (alone without teachers)")
     s.add_argument("--logit-cache", type=Path, default=None, help="offline teacher-logit cache directory")
     s.add_argument("--top-k", type=int, default=64, help="logits kept per token in the cache (default 64)")
+    s.add_argument("--blockwise-tokens", type=int, default=0, metavar="N", help="first train each block of a "
+                   "pruned student to map the teacher's hidden states across the blocks it replaces (N tokens)")
     s.add_argument("--sampled-logits", type=int, default=0, metavar="K", help="cache K tokens drawn from the teacher "
                    "per token instead of the top-k (an unbiased KL estimate; forward KL only; 2k+2 = equal bytes)")
     s.add_argument("--seq-len", type=int, default=512)

@@ -32,6 +32,7 @@ class DistillConfig:
     top_k: int = 64
     sampled_logits: int = 0  # > 0: the training cache holds this many teacher draws per token instead of the top-k
     data_free_tokens: int | None = None  # teacher-sampled corpus size when no data is given (default: tokens)
+    blockwise_tokens: int = 0  # > 0: block-wise distillation of a pruned student on this many tokens first
     relation_layer: int = -1  # decoder layer whose q/k/v feed the relation losses (MiniLM: the last)
 
     def __post_init__(self) -> None:
@@ -51,6 +52,8 @@ class DistillConfig:
             raise SlimkitError(f"unknown --precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
         if self.sampled_logits < 0 or (self.sampled_logits and not self.logit_cache):
             raise SlimkitError("--sampled-logits K needs --logit-cache DIR (the draws are cached) and K >= 1")
+        if self.blockwise_tokens < 0:
+            raise SlimkitError(f"--blockwise-tokens must be >= 0, got {self.blockwise_tokens}")
         if self.eval_every < 0 or self.save_every < 0:
             raise SlimkitError("--eval-every and --save-every must be >= 0")
 

@@ -309,6 +309,9 @@ class _Run:
                              if _cache_complete(i, s, identities[i], self.train_windows, self.heldout, cfg)
                              else load_teacher(s, tok, dist.device) for i, s in enumerate(specs)]
         self.teachers_loaded = sum(t.model is not None for t in self.teachers)
+        self.blockwise = None
+        if cfg.blockwise_tokens and not checkpoints(self.state):   # (a resumed run restores its weights)
+            self.blockwise = self._blockwise(student, specs)
         prepare_teachers(student, self.teachers)
         self.corpus_sha = _sha(corpus.train, corpus.train_weights)   # the budget picks from it: not its subset
         self.train_weights, self.heldout_weights = training_weights(corpus, cfg), corpus.heldout_weights
@@ -327,6 +330,26 @@ class _Run:
         self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             self.optimizer, round(cfg.warmup_fraction * cfg.steps), cfg.steps, min_lr_rate=cfg.min_lr_ratio)
         self.log_path = self.state / "train_log.jsonl"
+
+    def _blockwise(self, student: Any, specs: Sequence[TeacherSpec]) -> dict[str, Any]:
+        """Block-wise distillation from teacher 0 (compress.distill.blockwise) before the end-to-end
+        stage, on the first training windows; a summary for the history."""
+        from compress.distill.blockwise import blockwise
+
+        if self.qat is not None:
+            raise SlimkitError("--blockwise-tokens trains a pruned student before KD; it does not combine with QAT")
+        if not specs:
+            raise SlimkitError("--blockwise-tokens needs a --teacher (the student's blocks learn its hidden states)")
+        teacher = self.teachers[0].model or load_teacher(specs[0], self.ckpt.tokenizer, self.dist.device).model
+        n = max(1, -(-self.cfg.blockwise_tokens // self.cfg.seq_len))
+        report = blockwise(student, teacher, self.train_windows[:n].to(self.dist.device), self.ckpt.history,
+                           lr=self.cfg.lr * 10, batch=self.cfg.micro_batch, progress=self.progress)
+        student.train()
+        blocks = report["blocks"]
+        return {"tokens": int(self.train_windows[:n].numel()), "seconds": report["seconds"],
+                "applied": sum(b["applied"] for b in blocks),
+                "rel_err_before": sum(b["rel_err_before"] for b in blocks) / len(blocks),
+                "rel_err_after": sum(b["rel_err_after"] for b in blocks) / len(blocks)}
 
     def _resume(self, resume: bool) -> int:
         """The step to start from: 0, or the newest checkpoint's (its fingerprint was checked by
@@ -464,7 +487,8 @@ class _Run:
         stage = {"stage": self.stage[0] if self.stage else "qat" if self.qat else "distill",
                  "config": {**self._config(), "teachers": [t.spec.to_dict() for t in self.teachers],
                             "data": self.corpus_source, "world_size": self.dist.world},
-                 "metrics": {**final, "tokens_per_s": tok_s, "teachers_loaded": self.teachers_loaded}}
+                 "metrics": {**final, "tokens_per_s": tok_s, "teachers_loaded": self.teachers_loaded,
+                             **({"blockwise": self.blockwise} if self.blockwise else {})}}
         if self.qat is not None:
             self.ckpt.quant = convert_qat(self.inner.student)
             stage["config"]["tensor_types"] = _type_counts(self.ckpt.quant.types)
