@@ -109,6 +109,16 @@ def _cmd_package_ollama(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from slimkit.corpus import CorpusConfig, write_corpus
+
+    cfg = CorpusConfig(tokens=args.tokens, max_tokens=args.max_tokens, min_tokens=args.min_tokens,
+                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                       prompts=str(args.prompts) if args.prompts else None, threads=args.threads)
+    write_corpus(args.teacher, args.output, cfg)
+    return 0
+
+
 def _cmd_devices(args: argparse.Namespace) -> int:
     from devices.profile import device_rows
 
@@ -385,6 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--install", action="store_true", help="install into an Ollama model store")
     s.add_argument("--models-dir", type=Path, default=None, help="Ollama models dir (default $OLLAMA_MODELS or ~/.ollama/models)")
     s.set_defaults(func=_cmd_package_ollama)
+
+    s = sub.add_parser("corpus", help="sample a training corpus from a teacher with llama.cpp (seeded, resumable, "
+                       "deduplicated); use it as --data")
+    s.add_argument("teacher")
+    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--tokens", type=int, required=True, help="corpus size in teacher tokens")
+    s.add_argument("--max-tokens", type=int, default=256, help="tokens per document")
+    s.add_argument("--min-tokens", type=int, default=32, help="drop shorter documents")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=0, help="0: sample from the whole vocabulary")
+    s.add_argument("--prompts", type=Path, default=None, help="one prompt per line, cycled (default: from BOS)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=_cmd_corpus)
 
     s = sub.add_parser("devices", help="list the device profiles (phones, boards, this host)")
     s.set_defaults(func=_cmd_devices)
