@@ -1,20 +1,27 @@
 """Distillation benchmark -> benchmarks/results/distill.json.
 
-Protocol (issue 4): student = smollm2-135m-instruct with 25% of its non-embedding parameters
-removed by `slimkit prune` with the best method of benchmarks/results/prune.json; teacher =
-smollm2-135m-instruct; train on TinyStories (train head) + tiny Shakespeare; evaluate perplexity
-on WikiText-2 (v1, tokenized) validation, 16 windows of 512 (compress.evaluate). Every variant
-gets the same token budget: cross-entropy only, KD forward KL, KD reverse KL (both from the
-offline top-k logit cache), KD forward KL + hidden-state MSE (online teacher).
+Protocol (issue 17): student = smollm2-135m-instruct with 25% of its non-embedding parameters
+removed by `slimkit prune` (the method of prune.json's best recovered row, with its least-squares
+recovery); teacher = smollm2-135m-instruct; train on TinyStories (train head) + tiny Shakespeare
+(the teacher-corpus variant: `slimkit corpus` text instead); evaluate perplexity on WikiText-2 (v1,
+tokenized) validation, 16 windows of 512 (compress.evaluate). Every variant gets the same token
+budget (--tokens, 204800 by default) and the same optimizer settings:
+  ce                    cross-entropy on the data only (no teacher)
+  kd_fkl, kd_rkl        forward / reverse KL from the offline top-k logit cache (k = 64)
+  kd_fkl_feature        forward KL + hidden-state MSE (online teacher)
+  kd_sampled            forward KL from K = 130 sampled teacher tokens (equal bytes to top-64)
+  blockwise_then_kd     --blockwise-tokens 16384, then kd_fkl
+  kd_teacher_corpus     kd_fkl on a 2x-budget corpus sampled from the teacher by `slimkit corpus`
 
-Throughput: each mode runs in its own subprocess (so peak RSS is its own), alternating
-naive / slimkit for --rounds rounds; tokens/s is the median over timed optimizer steps after
-one warm-up step, peak RSS the largest ru_maxrss seen. naive = online teacher and full-vocabulary
-forward KL written the straightforward way; slimkit = the trainer with the cached top-k logits.
+Throughput (same trainer, same batch, loss and settings; each mode in its own subprocess so its
+peak RSS is its own): online (teacher forward every step) against cached (the top-k logit cache,
+teacher never loaded); the cache build of the timed windows is timed on its own, and the number
+of epochs after which building the cache pays is reported. CPU settings: bf16 autocast against
+fp32, and 1 against 2 threads, on the cached mode. Medians over timed steps after a warm-up.
 
 Every training run is a `slimkit distill ... --resume` subprocess checkpointing every few steps,
-so an interrupted benchmark continues where it stopped when started again (finished variants
-are skipped). Nothing is written to benchmarks/results until every number is measured.
+so an interrupted benchmark continues where it stopped (finished variants are skipped); the
+result file is written after each variant, with the variants still to run listed in `not_run`.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,12 +42,20 @@ from scripts.benchlib import REPO, RESULTS, SHARED_DATA, write_result  # noqa: E
 TEACHER = "smollm2-135m-instruct"
 TRAIN = ["tinystories_train_head.txt.gz", "tiny_shakespeare.txt.gz"]
 EVAL = "wikitext2_v1_tokenized_valid.txt.gz"
-VARIANTS = {  # name -> extra `slimkit distill` options
+SAMPLED_K = 130          # 2 * 64 + 2: the bytes per token of the top-64 cache (uint16 ids vs ids + fp16 + lse)
+BLOCKWISE_TOKENS = 16384
+VARIANTS = {  # name -> extra `slimkit distill` options ({cache}: the variant's logit-cache directory)
     "ce": ["--ce-weight", "1"],
     "kd_fkl": ["--teacher", TEACHER, "--loss", "fkl", "--logit-cache", "{cache}"],
     "kd_rkl": ["--teacher", TEACHER, "--loss", "rkl", "--logit-cache", "{cache}"],
     "kd_fkl_feature": ["--teacher", TEACHER, "--loss", "fkl", "--feature-loss", "mse", "--feature-weight", "1"],
+    "kd_sampled": ["--teacher", TEACHER, "--loss", "fkl", "--logit-cache", "{cache}",
+                   "--sampled-logits", str(SAMPLED_K)],
+    "blockwise_then_kd": ["--teacher", TEACHER, "--loss", "fkl", "--logit-cache", "{cache}",
+                          "--blockwise-tokens", str(BLOCKWISE_TOKENS)],
+    "kd_teacher_corpus": ["--teacher", TEACHER, "--loss", "fkl", "--logit-cache", "{corpus_cache}"],
 }
+KD = [v for v in VARIANTS if v != "ce"]
 
 
 def _slimkit(*args: str) -> None:
@@ -48,18 +64,18 @@ def _slimkit(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def best_prune_method() -> str:
+def best_prune_row() -> dict:
     path = RESULTS / "prune.json"
     if not path.is_file():
         sys.exit(f"{path} is missing: run scripts/bench_prune.py first (the student is pruned with its best method)")
-    rows = [r for r in json.loads(path.read_text())["metrics"]["rows"] if abs(r["removed_fraction"] - 0.25) < 1e-6]
-    return min(rows, key=lambda r: r["ppl"])["method"]
+    m = json.loads(path.read_text())["metrics"]
+    return m.get("ppl_25_recovered_row") or {"method": "block-influence", "recover": "ls"}
 
 
-def train_args(a: argparse.Namespace, student: str) -> list[str]:
-    return [student, "--data", *(str(SHARED_DATA / "text" / f) for f in TRAIN), "--tokens", str(a.tokens),
-            "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size), "--micro-batch", str(a.micro_batch),
-            "--lr", str(a.lr), "--top-k", str(a.top_k), "--seed", "0"]
+def train_args(a: argparse.Namespace, student: str, data: list[str]) -> list[str]:
+    return [student, "--data", *data, "--tokens", str(a.tokens), "--seq-len", str(a.seq_len),
+            "--batch-size", str(a.batch_size), "--micro-batch", str(a.micro_batch), "--lr", str(a.lr),
+            "--top-k", str(a.top_k), "--seed", "0"]
 
 
 def perplexity(source: str, windows: int = 16) -> float:
@@ -70,77 +86,46 @@ def perplexity(source: str, windows: int = 16) -> float:
     return torch_perplexity(model, tok, read_text(SHARED_DATA / "text" / EVAL), ctx=512, max_chunks=windows).ppl
 
 
-# ---- throughput workers (run as subprocesses: `bench_distill.py --worker naive|slimkit ...`) ----
+# ---- throughput workers (subprocesses: `bench_distill.py --worker MODE ...`) ----------------------
 
-def _windows(a: argparse.Namespace, tokenizer):
-    from compress.data import load_corpus
-    from compress.distill.trainer import training_windows
-
-    corpus = load_corpus([SHARED_DATA / "text" / f for f in TRAIN], tokenizer, a.seq_len, 0.05, 0)
-    return training_windows(corpus, _tp_config(a))
-
-
-def _tp_config(a: argparse.Namespace):
+def _tp_config(a: argparse.Namespace, cached: bool, precision: str = "fp32"):
     from compress.distill.config import DistillConfig
 
     return DistillConfig(tokens=(a.steps + 1) * a.tp_batch * a.seq_len, seq_len=a.seq_len, batch_size=a.tp_batch,
-                         micro_batch=a.tp_batch, lr=a.lr, top_k=a.top_k, logit_cache=str(a.work / "tp_cache"),
-                         eval_windows=1, precision="fp32")
+                         micro_batch=a.tp_batch, lr=a.lr, top_k=a.top_k, eval_windows=1, precision=precision,
+                         logit_cache=str(a.work / "tp_cache") if cached else None)
 
 
-def worker_naive(a: argparse.Namespace) -> list[float]:
-    """Online teacher + full-vocabulary KL written the straightforward way."""
+def worker(a: argparse.Namespace, mode: str) -> dict:
+    """One trainer run of the throughput protocol; MODE online | cached | build | bf16 | threads1."""
     import torch
-
-    from compress.checkpoint import load
-    from compress.distill.trainer import micro_positions, window_order
-
-    torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    student, tok = load(a.student)
-    student, teacher = student.to(device), load(TEACHER).model.to(device).eval()
-    student.train()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    cfg = _tp_config(a)
-    windows = _windows(a, tok)
-    opt = torch.optim.AdamW(student.parameters(), lr=a.lr, betas=(0.9, 0.95))
-    stamps = [time.perf_counter()]
-    for step in range(a.steps + 1):
-        ids = windows[window_order(micro_positions(step, 0, 0, 1, cfg), windows.shape[0], cfg.seed)].to(device)
-        with torch.no_grad():
-            t_logits = teacher(input_ids=ids).logits[:, :-1]
-        s_logits = student(input_ids=ids).logits[:, :-1]
-        p_t = torch.softmax(t_logits, dim=-1)
-        loss = (p_t * (torch.log(p_t) - torch.log_softmax(s_logits, dim=-1))).sum(-1).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
-    return [stamps[i + 1] - stamps[i] for i in range(1, a.steps + 1)]  # step 0 is the warm-up
-
-
-def worker_slimkit(a: argparse.Namespace) -> list[float]:
-    """The trainer itself (cached top-k logits, no teacher in memory), timed step by step."""
-    import shutil
 
     from compress.distill.teachers import TeacherSpec
     from compress.distill.trainer import distill
 
-    out = a.work / f"tp_slimkit_{os.getpid()}"
+    if mode == "threads1":
+        torch.set_num_threads(1)
+    out = a.work / f"tp_{mode}_{os.getpid()}"
     stamps: list[float] = []
-    shutil.rmtree(out.parent / f"{out.name}.state", ignore_errors=True)
-    distill(a.student, [TeacherSpec(TEACHER)], out, _tp_config(a), data=[SHARED_DATA / "text" / f for f in TRAIN],
-            progress=False, callback=lambda step, _m: stamps.append(time.perf_counter()))
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(out.parent / f"{out.name}.state", ignore_errors=True)
-    return [stamps[i + 1] - stamps[i] for i in range(a.steps)]  # the first step (warm-up) has no start stamp
+    losses: list[float] = []
+    cfg = _tp_config(a, cached=mode != "online", precision="bf16" if mode == "bf16" else "fp32")
+    start = time.perf_counter()
+
+    def cb(step, m):
+        stamps.append(time.perf_counter())
+        losses.append(m["loss"])
+    res = distill(a.student, [TeacherSpec(TEACHER)], out, cfg, data=[str(SHARED_DATA / "text" / f) for f in TRAIN],
+                  progress=False, callback=cb)
+    total = time.perf_counter() - start
+    history = json.loads((out / "slimkit.json").read_text())["stages"][-1]["metrics"]
+    for p in (out, out.parent / f"{out.name}.state"):
+        shutil.rmtree(p, ignore_errors=True)
+    return {"step_s": [stamps[i + 1] - stamps[i] for i in range(len(stamps) - 1)], "losses": losses,
+            "seconds": total, "teachers_loaded": history.get("teachers_loaded"), "threads": torch.get_num_threads(),
+            "tokens_per_step": cfg.tokens_per_step, "steps": res.steps}
 
 
-def run_worker(a: argparse.Namespace, mode: str) -> dict[str, float]:
+def run_worker(a: argparse.Namespace, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--student", a.student, "--work", str(a.work),
            "--steps", str(a.steps), "--tp-batch", str(a.tp_batch), "--seq-len", str(a.seq_len),
            "--top-k", str(a.top_k), "--lr", str(a.lr)]
@@ -148,19 +133,36 @@ def run_worker(a: argparse.Namespace, mode: str) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def throughput(a: argparse.Namespace) -> dict[str, float]:
-    run_worker(a, "slimkit")  # builds the logit cache of the timed windows once, untimed
-    samples: dict[str, list] = {"naive": [], "slimkit": []}
+def throughput(a: argparse.Namespace) -> dict:
+    shutil.rmtree(a.work / "tp_cache", ignore_errors=True)
+    build = run_worker(a, "build")    # builds the cache of the timed windows (its time is the build's + a run's)
+    samples: dict[str, list] = {m: [] for m in ("online", "cached", "bf16", "threads1")}
     for _ in range(a.rounds):
-        for mode in ("naive", "slimkit"):
+        for mode in samples:
             samples[mode].append(run_worker(a, mode))
-            print(mode, samples[mode][-1], flush=True)
-    tokens = a.tp_batch * a.seq_len
-    res = {}
-    for mode, runs in samples.items():
-        res[f"tokens_per_s_{mode}"] = round(tokens / statistics.median(s for r in runs for s in r["step_s"]), 1)
-        res[f"peak_rss_mb_{mode}"] = round(max(r["peak_rss_mb"] for r in runs), 1)
-    res["throughput_ratio"] = round(res["tokens_per_s_slimkit"] / res["tokens_per_s_naive"], 3)
+            print(mode, {k: v for k, v in samples[mode][-1].items() if k != "losses"}, flush=True)
+    tokens = build["tokens_per_step"]
+
+    def tok_s(mode: str) -> float:
+        return round(tokens / statistics.median(s for r in samples[mode] for s in r["step_s"]), 1)
+    res = {"tokens_per_s_online": tok_s("online"), "tokens_per_s_cached": tok_s("cached"),
+           "tokens_per_s_cached_bf16": tok_s("bf16"), "tokens_per_s_cached_1_thread": tok_s("threads1"),
+           "peak_rss_mb_online": round(max(r["peak_rss_mb"] for r in samples["online"]), 1),
+           "peak_rss_mb_cached": round(max(r["peak_rss_mb"] for r in samples["cached"]), 1),
+           "teachers_loaded_cached": samples["cached"][0]["teachers_loaded"]}
+    res["throughput_ratio"] = round(res["tokens_per_s_cached"] / res["tokens_per_s_online"], 3)
+    res["bf16_speedup"] = round(res["tokens_per_s_cached_bf16"] / res["tokens_per_s_cached"], 3)
+    res["threads_2_over_1"] = round(res["tokens_per_s_cached"] / res["tokens_per_s_cached_1_thread"], 3)
+    fp32, bf16 = samples["cached"][0]["losses"], samples["bf16"][0]["losses"]
+    res["bf16_loss_rel_diff"] = round(max(abs(x - y) / abs(x) for x, y in zip(fp32, bf16)), 5)
+    # the build: the build run's wall time less a cached run's (same steps, cache present)
+    cached_wall = statistics.median(r["seconds"] for r in samples["cached"])
+    build_s = max(build["seconds"] - cached_wall, 0.0)
+    res["cache_build_seconds"] = round(build_s, 1)
+    build_tokens = build["steps"] * tokens
+    saved_per_token = 1 / res["tokens_per_s_online"] - 1 / res["tokens_per_s_cached"]
+    res["cache_build_tokens"] = build_tokens
+    res["break_even_epochs"] = round(build_s / build_tokens / saved_per_token, 2) if saved_per_token > 0 else None
     return res
 
 
@@ -174,65 +176,96 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=64)
     p.add_argument("--work", type=Path, default=REPO / "build" / "bench_distill")
     p.add_argument("--student", default=None, help="use this checkpoint instead of pruning (development only)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per throughput run")
     p.add_argument("--tp-batch", type=int, default=2, help="windows per step in the throughput runs")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--eval-windows", type=int, default=16, help="WikiText windows of 512 (the protocol: 16)")
+    p.add_argument("--no-throughput", dest="throughput", action="store_false")
     p.add_argument("--smoke", action="store_true", help="print the metrics, write no result file")
-    p.add_argument("--worker", choices=["naive", "slimkit"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["online", "cached", "build", "bf16", "threads1"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        step_s = (worker_naive if a.worker == "naive" else worker_slimkit)(a)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        print(json.dumps({"step_s": step_s, "peak_rss_mb": rss}))
+        res = worker(a, a.worker)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        print(json.dumps(res))
         return
     for f in TRAIN + [EVAL]:
         if not (SHARED_DATA / "text" / f).is_file():
             sys.exit(f"{SHARED_DATA / 'text' / f} is missing (../shared/data is needed for this benchmark)")
     a.work.mkdir(parents=True, exist_ok=True)
-    method = None
+    row = None
     if a.student is None:
-        method = best_prune_method()
+        row = best_prune_row()
         a.student = str(a.work / "student")
         if not (a.work / "student" / "slimkit.json").is_file():
-            _slimkit("prune", TEACHER, "-o", a.student, "--target-params", "0.75", "--method", method,
-                     "--calib", str(SHARED_DATA / "text" / TRAIN[0]))  # calibrate on the training text
-    metrics = run_all(a)
-    metrics.update(student=f"{TEACHER} pruned 25% non-embedding ({method})" if method else a.student,
-                   teacher=TEACHER, prune_method=method, train_data=" + ".join(TRAIN), eval_data=f"{EVAL}, 16 x 512",
-                   protocol=f"seq_len {a.seq_len}, {a.batch_size} windows/step, AdamW lr {a.lr} warmup 5% + cosine, "
-                            f"T=1, top-k {a.top_k}; throughput: {a.steps} timed steps of {a.tp_batch} x {a.seq_len} "
-                            f"tokens, {a.rounds} alternating rounds, medians",
-                   loadavg=list(os.getloadavg()))
-    print(json.dumps(metrics, indent=2))
+            _slimkit("prune", TEACHER, "-o", a.student, "--target-params", "0.75", "--method", row["method"],
+                     "--recover", row.get("recover") or "ls", "--calib", str(SHARED_DATA / "text" / TRAIN[0]))
     if a.eval_windows != 16 or a.tokens < 200_000:
         a.smoke = True  # not the protocol: never written as the result
-    if not a.smoke:
-        print(write_result("distill", metrics))
+    run_all(a, row)
 
 
-def run_all(a: argparse.Namespace) -> dict:
+def _corpus(a: argparse.Namespace) -> str:
+    """The teacher-written training text (2x the budget, so it is not repeated more than the other data)."""
+    path = a.work / "teacher_corpus.txt"
+    if not path.is_file():
+        _slimkit("corpus", TEACHER, "-o", str(path), "--tokens", str(2 * a.tokens), "--seed", "0")
+    return str(path)
+
+
+def run_all(a: argparse.Namespace, row: dict | None) -> dict:
     ppl_path = a.work / "ppl.json"  # finished measurements, so a restarted benchmark skips them
     done = json.loads(ppl_path.read_text()) if ppl_path.is_file() else {}
 
     def measure(key: str, source: str) -> float:
         if key not in done:
-            done[key] = perplexity(source, a.eval_windows)
+            done[key] = round(perplexity(source, a.eval_windows), 4)
             ppl_path.write_text(json.dumps(done, indent=2))
         return done[key]
 
-    m = {"tokens": a.tokens, "teacher_ppl": measure("teacher", TEACHER), "ppl_pruned": measure("pruned", a.student)}
-    for name, extra in VARIANTS.items():
+    m: dict = {"tokens": a.tokens, "teacher_ppl": measure("teacher", TEACHER), "ppl_pruned": measure("pruned", a.student)}
+    data = [str(SHARED_DATA / "text" / f) for f in TRAIN]
+    seconds = done.setdefault("seconds", {})
+    for name in a.variants:
         out = a.work / name
         if not (out / "slimkit.json").is_file():
-            _slimkit("distill", *train_args(a, a.student), *(x.format(cache=a.work / "cache") for x in extra),
-                     "-o", str(out), "--save-every", "5", "--resume")
+            t0 = time.perf_counter()
+            extra = [x.format(cache=a.work / "cache", corpus_cache=a.work / "corpus_cache") for x in VARIANTS[name]]
+            _slimkit("distill", *train_args(a, a.student, [_corpus(a)] if name == "kd_teacher_corpus" else data),
+                     *extra, "-o", str(out), "--save-every", "5", "--resume")
+            seconds[name] = round(time.perf_counter() - t0, 1)
         m[f"ppl_{name}"] = measure(name, str(out))
-    best = min(m["ppl_kd_fkl"], m["ppl_kd_rkl"], m["ppl_kd_fkl_feature"])
-    gap = m["ppl_pruned"] - m["teacher_ppl"]  # zero only with a dense stand-in student
-    m["recovered_fraction_kd"] = round((m["ppl_pruned"] - best) / gap, 4) if gap else None
-    m.update(throughput(a))
-    return m
+        _write(a, m, row)
+    if a.throughput and "throughput" not in done:
+        done["throughput"] = throughput(a)
+        ppl_path.write_text(json.dumps(done, indent=2))
+    m.update(done.get("throughput", {}))
+    return _write(a, m, row)
+
+
+def _write(a: argparse.Namespace, m: dict, row: dict | None) -> dict:
+    kd = {k: m[f"ppl_{k}"] for k in KD if f"ppl_{k}" in m}
+    gap = m["ppl_pruned"] - m["teacher_ppl"]
+    if kd and gap:
+        best = min(kd, key=kd.get)
+        m["recovered_fraction_kd"] = round((m["ppl_pruned"] - kd[best]) / gap, 4)
+        m["best_kd_variant"] = best
+    out = {**m, "not_run": [v for v in VARIANTS if f"ppl_{v}" not in m] + ([] if "throughput_ratio" in m
+                                                                          else ["throughput"]),
+           "student": f"{TEACHER} pruned 25% non-embedding ({row['method']}, recover {row.get('recover')})"
+           if row else a.student, "teacher": TEACHER, "train_data": " + ".join(TRAIN),
+           "eval_data": f"{EVAL}, {a.eval_windows} x 512",
+           "protocol": f"seq_len {a.seq_len}, {a.batch_size} windows/step (micro-batch {a.micro_batch}), AdamW lr "
+                       f"{a.lr}, warmup 5% + cosine, T=1, top-k {a.top_k}, sampled K {SAMPLED_K}, block-wise "
+                       f"{BLOCKWISE_TOKENS} tokens; throughput: {a.steps} timed steps of {a.tp_batch} x {a.seq_len} "
+                       f"tokens, {a.rounds} rounds, medians",
+           "variant_seconds": json.loads((a.work / "ppl.json").read_text()).get("seconds", {}),
+           "loadavg": list(os.getloadavg())}
+    print(json.dumps({k: v for k, v in out.items() if k.startswith(("ppl", "tokens", "recovered"))}), flush=True)
+    if not a.smoke:
+        write_result("distill", out)
+    return out
 
 
 if __name__ == "__main__":
