@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from compress import gguf_file, zoo
-from compress.atomic import fsync_dir
+from compress.atomic import replace_dir, restore_aside
 from compress.errors import SlimkitError
 
 HISTORY_FILE = "slimkit.json"
@@ -67,6 +67,7 @@ def load(source: str | os.PathLike, *, trust_remote_code: bool = False) -> Check
         ckpt.history.setdefault("zoo", text)
         return ckpt
     path = Path(text).expanduser()
+    restore_aside(path)   # a save killed between its renames left the previous checkpoint aside
     if path.is_dir():
         return load_hf_dir(path, trust_remote_code=trust_remote_code)
     if path.is_file():
@@ -277,10 +278,7 @@ def save(ckpt: Checkpoint, out_dir: str | os.PathLike, *, stage: dict[str, Any] 
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,11 +24,20 @@ def render_prune(doc: dict, header: Callable, table: Callable) -> list[str]:
                                    for k, v in m.get("models", {}).items()) + ".", ""]
     if "ppl_25_recovered_row" in m:
         r = m["ppl_25_recovered_row"]
-        lines += [f"Best recovered row at 25%: {r['method']} (recover {r['recover']}, bridge {r['bridge']}), "
+        lines += [f"Best recovered row at 25%: {r['method']} (recover {r['recover']}, target "
+                  f"{r.get('recover_target') or 'dense'}, bridge {r['bridge']}), "
                   f"shape {_dims(r['shape'])}.", ""]
-    rows = [[r["model"], f"{r['removed_fraction']:.0%}", r["method"], r["recover"], r.get("bridge") or "",
+    rows = [[r["model"], f"{r['removed_fraction']:.0%}", r["method"], r["recover"]
+             + (f" ({r['recover_target']})" if r.get("recover_target") and r["recover"] == "ls" else ""),
+             r.get("bridge") or "",
              _dims(r["shape"]), f"{r['params']:,}", r["ppl"], r.get("ppl_in_domain", ""), r["calib_loss_pruned"], r["calib_loss"],
              r.get("recovery_seconds") or "", r["prune_seconds"]] for r in m["rows"]]
+    if any("measured_at_commit" in r for r in m["rows"]):
+        lines += ["Rows marked * were measured at an earlier commit (their `measured_at_commit`); `ls-dense` is "
+                  "least-squares recovery with dense targets, the default before local targets.", ""]
+        for row, r in zip(rows, m["rows"]):
+            if "measured_at_commit" in r:
+                row[2] += " *"
     lines += table(["model", "removed", "method", "recover", "bridge", "shape (layers/hidden/ffn/heads/kv)",
                     "params", "ppl", "ppl in-domain", "calib loss pruned", "calib loss", "recovery s", "prune s"], rows)
     if m.get("not_run"):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from compress.atomic import fsync_dir
+from compress.atomic import replace_dir
 from compress.checkpoint import Checkpoint, load, save
 from compress.errors import SlimkitError
 from compress.quant.qat import is_prepared
@@ -85,10 +85,7 @@ def save_checkpoint(state: Path, step: int, ckpt: Checkpoint, inner: Any, optimi
             from compress.distill.fingerprint import write
 
             write(tmp, fingerprint)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
