@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from compress import gguf_file, zoo
 from compress.atomic import replace_dir, restore_aside
+from compress import families
 from compress.errors import SlimkitError
 
 HISTORY_FILE = "slimkit.json"
@@ -28,8 +29,6 @@ HISTORY_FORMAT = 1
 WEIGHTS_GLOB = "model*.safetensors"  # save_pretrained's model.safetensors or its shards
 BLOCKS_FILE = "gguf_blocks.safetensors"  # a QAT checkpoint's trained GGUF blocks (compress.quant.qat)
 CACHE_VERSION = 2  # bump when the GGUF -> torch conversion changes, so stale conversions are ignored
-# HF model_type -> slimkit family (the GGUF exporter has one module per family).
-FAMILIES = {"llama": "llama", "gemma3_text": "gemma3"}
 
 
 @dataclass
@@ -52,11 +51,8 @@ class Checkpoint:
 
 
 def family_of(model_type: str) -> str:
-    try:
-        return FAMILIES[model_type]
-    except KeyError:
-        raise SlimkitError(f"unsupported architecture {model_type!r}; slimkit supports "
-                           f"{', '.join(sorted(FAMILIES))} (Llama-style and Gemma-3 text models)") from None
+    """slimkit's family name for a HF model_type (compress.families), or a one-line error."""
+    return families.by_model_type(model_type).name
 
 
 def load(source: str | os.PathLike, *, trust_remote_code: bool = False) -> Checkpoint:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress import families
 from compress.errors import SlimkitError
 
 GGUF_MAGIC = b"GGUF"  # gguf.GGUF_MAGIC as bytes on disk (little-endian 0x46554747)
 GGUF_MIN_VERSION = 2  # v1 used 32-bit counts; llama.cpp no longer reads it
 DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT, overridden by general.alignment
-SUPPORTED_ARCHS = ("llama", "gemma3")
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,8 @@ def check(path: str | Path) -> str:
     arch = info.get("general.architecture")
     if arch is None:
         raise _corrupt(Path(path), "no general.architecture key")
-    if arch not in SUPPORTED_ARCHS:
-        raise SlimkitError(f"{path}: unsupported architecture {arch!r}; slimkit supports {', '.join(SUPPORTED_ARCHS)}")
+    if arch not in families.gguf_archs():
+        raise SlimkitError(f"{path}: unsupported architecture {arch!r}; slimkit supports {families.supported()}")
     if not info.tensors:
         raise _corrupt(Path(path), "no tensors")
     return arch

@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from compress import families
 from compress.errors import SlimkitError
 
-SUPPORTED = ("llama", "gemma3_text")
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,13 @@ class ArchInfo:
     @classmethod
     def of(cls, config: Any) -> ArchInfo:
         mt = getattr(config, "model_type", None)
-        if mt not in SUPPORTED:
-            raise SlimkitError(f"pruning supports {', '.join(SUPPORTED)} models, not {mt!r}")
+        fam = families.by_model_type(mt)   # an unsupported architecture names the supported families
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         attention_bias = bool(getattr(config, "attention_bias", False))
         return cls(model_type=mt, vocab=config.vocab_size, head_dim=head_dim,
                    tied=bool(getattr(config, "tie_word_embeddings", False)),
-                   norms_per_layer=4 if mt == "gemma3_text" else 2, qk_norm=mt == "gemma3_text",
-                   attention_bias=attention_bias, o_bias=attention_bias and mt == "gemma3_text",
+                   norms_per_layer=fam.norms_per_layer, qk_norm=fam.qk_norm,
+                   attention_bias=attention_bias, o_bias=attention_bias and fam.o_bias_with_attention_bias,
                    mlp_bias=bool(getattr(config, "mlp_bias", False)))
 
 

@@ -24,13 +24,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+from compress import families
 from compress.errors import SlimkitError
 from export.onnx.config import ACCURACY_LEVEL, QUANTIZED, OnnxExportConfig
 from export.onnx.layout import MODEL_FILE
 
 INSTALL_HINT = "pip install 'slimkit[onnx]'"
-# slimkit family -> the HF architecture name the builder dispatches on.
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)\.weight$")
 
 
@@ -54,9 +53,7 @@ def require_onnx() -> None:
 def check_exportable(ckpt) -> str:
     """The HF architecture name for the builder; raises for other families or non-uniform
     layer shapes (the builder reads one global head count and FFN width from config.json)."""
-    family = ckpt.family
-    if family not in ARCHITECTURES:
-        raise SlimkitError(f"ONNX export does not support the {family!r} family; supported: {', '.join(ARCHITECTURES)}")
+    architecture = families.get(ckpt.family).onnx_architecture   # the name the builder dispatches on
     cfg = ckpt.model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     q, kv, ffn = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim, cfg.intermediate_size
@@ -75,7 +72,7 @@ def check_exportable(ckpt) -> str:
     if len(layers) != cfg.num_hidden_layers:
         raise SlimkitError(f"the checkpoint has {len(layers)} decoder layers but config.json says "
                            f"{cfg.num_hidden_layers}; re-save it with slimkit")
-    return ARCHITECTURES[family]
+    return architecture
 
 
 @contextlib.contextmanager

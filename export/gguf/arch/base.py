@@ -11,14 +11,18 @@ from typing import Any, ClassVar, Iterator
 import gguf
 import torch
 
+from compress import families
 from compress.errors import SlimkitError
 
-_REGISTRY: dict[str, type["ArchSpec"]] = {}
+_REGISTRY: dict[str, type["ArchSpec"]] = {}   # slimkit family name (compress.families) -> exporter
 
 
 def register(cls: type["ArchSpec"]) -> type["ArchSpec"]:
-    for model_type in cls.hf_model_types:
-        _REGISTRY[model_type] = cls
+    fam = families.get(cls.family)
+    if gguf.MODEL_ARCH_NAMES[cls.gguf_arch] != fam.gguf_arch:
+        raise RuntimeError(f"{cls.__name__} writes {gguf.MODEL_ARCH_NAMES[cls.gguf_arch]!r}, the registry says "
+                           f"{fam.gguf_arch!r} for {fam.name}")
+    _REGISTRY[fam.name] = cls
     return cls
 
 
@@ -27,16 +31,16 @@ def registered() -> dict[str, type["ArchSpec"]]:
 
 
 def get(config: Any) -> "ArchSpec":
-    cls = _REGISTRY.get(config.model_type)
+    fam = families.by_model_type(config.model_type)
+    cls = _REGISTRY.get(fam.name)
     if cls is None:
-        raise SlimkitError(f"no GGUF exporter for architecture {config.model_type!r}; "
-                           f"supported: {', '.join(sorted(_REGISTRY))}")
+        raise SlimkitError(f"no GGUF exporter for the {fam.name} family; supported: {', '.join(sorted(_REGISTRY))}")
     return cls(config)
 
 
 class ArchSpec:
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
-    hf_model_types: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str]          # its compress.families entry
 
     def __init__(self, config: Any) -> None:
         self.config = config

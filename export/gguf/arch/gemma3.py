@@ -13,7 +13,7 @@ SLIDING = "sliding_attention"
 @register
 class Gemma3(ArchSpec):
     gguf_arch = gguf.MODEL_ARCH.GEMMA3
-    hf_model_types = ("gemma3_text",)
+    family = "gemma3"
 
     def parameters(self, w: gguf.GGUFWriter) -> None:
         super().parameters(w)

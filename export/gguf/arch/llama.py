@@ -16,7 +16,7 @@ def permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
 @register
 class Llama(ArchSpec):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
-    hf_model_types = ("llama",)
+    family = "llama"
 
     def parameters(self, w: gguf.GGUFWriter) -> None:
         super().parameters(w)
