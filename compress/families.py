@@ -25,17 +25,24 @@ class Family:
     norms_per_layer: int = 2       # RMSNorm vectors of width `hidden` per block
     qk_norm: bool = False          # q and k normalised per head (one head_dim vector each)
     o_bias_with_attention_bias: bool = False   # attention_bias also biases o_proj
+    qkv_bias: bool | None = None   # q/k/v always biased (Qwen2); None: the config's attention_bias
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("llama", ("llama",), "llama", "LlamaForCausalLM", "chatml", "Llama-style decoders (SmolLM2, Llama 2/3)"),
     Family("gemma3", ("gemma3_text",), "gemma3", "Gemma3ForCausalLM", "gemma", "Gemma 3 text decoders",
            norms_per_layer=4, qk_norm=True, o_bias_with_attention_bias=True),
+    Family("qwen2", ("qwen2",), "qwen2", "Qwen2ForCausalLM", "chatml", "Qwen2 / Qwen2.5 decoders", qkv_bias=True),
+    Family("qwen3", ("qwen3",), "qwen3", "Qwen3ForCausalLM", "chatml", "Qwen3 dense decoders", qk_norm=True),
+    # llama.cpp runs Mistral in its llama graph (convert_hf_to_gguf writes general.architecture llama)
+    Family("mistral", ("mistral",), "llama", "MistralForCausalLM", "chatml", "Mistral 7B-style decoders"),
 )
 
 _BY_NAME = {f.name: f for f in FAMILIES}
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.hf_model_types}
-_BY_GGUF = {f.gguf_arch: f for f in FAMILIES}
+_BY_GGUF: dict[str, Family] = {}
+for _f in FAMILIES:   # a GGUF's architecture loads as the first family that writes it (llama, not mistral)
+    _BY_GGUF.setdefault(_f.gguf_arch, _f)
 
 
 def supported() -> str:

@@ -93,7 +93,36 @@ def tiny_gemma3(seed: int = 0):
     return Checkpoint(model, tok, {"format": 1, "source": f"tiny-gemma3-seed{seed}", "stages": []})
 
 
-TINY = {"llama": tiny_llama, "gemma3": tiny_gemma3}
+def _tiny_hf(family: str, seed: int, **extra):
+    """A tiny random model of a Llama-shaped family (hidden 64, 2 layers, 4 heads / 2 KV heads)."""
+    import transformers
+
+    from compress.checkpoint import Checkpoint
+
+    config_cls, model_cls = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+                             "mistral": ("MistralConfig", "MistralForCausalLM")}[family]
+    tok = tiny_tokenizer()
+    cfg = getattr(transformers, config_cls)(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+    model = _init(getattr(transformers, model_cls)(cfg), seed, std=0.15)
+    return Checkpoint(model, tok, {"format": 1, "source": f"tiny-{family}-seed{seed}", "stages": []})
+
+
+def tiny_qwen2(seed: int = 0):
+    return _tiny_hf("qwen2", seed, rope_theta=1_000_000.0)
+
+
+def tiny_qwen3(seed: int = 0):
+    return _tiny_hf("qwen3", seed, head_dim=32, rope_theta=1_000_000.0)   # head_dim != hidden / heads, as Qwen3's
+
+
+def tiny_mistral(seed: int = 0):
+    return _tiny_hf("mistral", seed, sliding_window=None, rope_theta=10_000.0)
+
+
+TINY = {"llama": tiny_llama, "gemma3": tiny_gemma3, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "mistral": tiny_mistral}
 
 
 @pytest.fixture(params=sorted(TINY))

@@ -64,7 +64,7 @@ class ArchInfo:
         mt = getattr(config, "model_type", None)
         fam = families.by_model_type(mt)   # an unsupported architecture names the supported families
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        attention_bias = bool(getattr(config, "attention_bias", False))
+        attention_bias = fam.qkv_bias if fam.qkv_bias is not None else bool(getattr(config, "attention_bias", False))
         return cls(model_type=mt, vocab=config.vocab_size, head_dim=head_dim,
                    tied=bool(getattr(config, "tie_word_embeddings", False)),
                    norms_per_layer=fam.norms_per_layer, qk_norm=fam.qk_norm,

@@ -4,6 +4,6 @@ from __future__ import annotations
 from export.gguf.arch.base import ArchSpec, get, register, registered
 
 # Importing the family modules registers them.
-from export.gguf.arch import gemma3, llama  # noqa: E402,F401
+from export.gguf.arch import gemma3, llama, qwen  # noqa: E402,F401
 
 __all__ = ["ArchSpec", "get", "register", "registered"]

@@ -35,12 +35,17 @@ def get(config: Any) -> "ArchSpec":
     cls = _REGISTRY.get(fam.name)
     if cls is None:
         raise SlimkitError(f"no GGUF exporter for the {fam.name} family; supported: {', '.join(sorted(_REGISTRY))}")
-    return cls(config)
+    return cls.for_config(config)
 
 
 class ArchSpec:
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
     family: ClassVar[str]          # its compress.families entry
+
+    @classmethod
+    def for_config(cls, config: Any) -> "ArchSpec":
+        """The exporter for this config (a family may write another llama.cpp graph for some shapes)."""
+        return cls(config)
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gguf
 import torch
 
+from compress.errors import SlimkitError
 from export.gguf.arch.base import ArchSpec, register
 
 
@@ -36,3 +37,19 @@ class Llama(ArchSpec):
         if hf_name.endswith("self_attn.k_proj.weight"):
             return permute_rope(tensor, c.num_key_value_heads)
         return tensor
+
+
+@register
+class Mistral(Llama):
+    """Mistral: the llama graph in llama.cpp. A sliding window shorter than the context cannot be
+    represented there (its llama graph attends to every position)."""
+    family = "mistral"
+
+    def parameters(self, w: gguf.GGUFWriter) -> None:
+        c = self.config
+        window = getattr(c, "sliding_window", None)
+        if window and window < c.max_position_embeddings:
+            raise SlimkitError(f"sliding_window={window} < max_position_embeddings={c.max_position_embeddings}: "
+                               "llama.cpp's llama graph has no sliding window, so this Mistral would differ past "
+                               f"{window} tokens; set sliding_window to null (or >= the context) to export it")
+        super().parameters(w)
