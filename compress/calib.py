@@ -40,11 +40,13 @@ class CalibStats:
     sum_sq: dict[str, torch.Tensor] = field(default_factory=dict)  # (in,) float64
     count: dict[str, int] = field(default_factory=dict)
     gram: dict[str, torch.Tensor] = field(default_factory=dict)  # (in, in) float64, shared between siblings
-    # with gram: sum of x (in,) float64, shared like gram (a bias column of least squares)
+    # with gram: sum of x (in,) float64, shared like gram (a bias column of least squares); with
+    # token weights w, sum of w x, and weight_sum the sum of w (the bias column's own diagonal)
     sum_x: dict[str, torch.Tensor] = field(default_factory=dict)
+    weight_sum: dict[str, float] = field(default_factory=dict)
     # with `targets` (least squares against another model's outputs Y, e.g. pruning recovery):
     cross: dict[str, torch.Tensor] = field(default_factory=dict)  # X^T Y (in, out) float64
-    sum_y: dict[str, torch.Tensor] = field(default_factory=dict)  # sum of y (out,) float64
+    sum_y: dict[str, torch.Tensor] = field(default_factory=dict)  # sum of (w) y (out,) float64
     sq_y: dict[str, float] = field(default_factory=dict)  # sum of |y|^2 (the error of predicting 0)
     tokens: int = 0
     source: str = ""
@@ -85,6 +87,7 @@ class Collector:
         self.weights = weights
         # id(input) -> (input kept alive, first reader, its float32 rows)
         self.seen: dict[int, tuple[torch.Tensor, str, torch.Tensor]] = {}
+        self._sqrt_w: torch.Tensor | None = None   # this window's sqrt token weights, (tokens, 1)
         self.handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in modules.items()]
 
     def _wants_gram(self, name: str) -> bool:
@@ -105,6 +108,7 @@ class Collector:
             st.sum_sq[name], st.count[name] = st.sum_sq[first], st.count[first]
             if first in st.gram:
                 st.gram[name], st.sum_x[name] = st.gram[first], st.sum_x[first]
+                st.weight_sum[name] = st.weight_sum[first]
             elif self._wants_gram(name):
                 self._add_gram(name, flat)
             self._add_cross(name, flat)
@@ -123,19 +127,30 @@ class Collector:
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to(torch.float32)
+        self._sqrt_w = None
         if self.weights is not None:
-            x = x * self.weights().to(torch.float32).sqrt().unsqueeze(-1)
+            sw = self.weights().to(torch.float32).sqrt()
+            x = x * sw.unsqueeze(-1)
+            self._sqrt_w = sw.reshape(-1, 1)
         return x.reshape(-1, x.shape[-1])
+
+    def _weighted_sum(self, rows: torch.Tensor) -> torch.Tensor:
+        """sum_t w_t v_t of rows already scaled by sqrt(w_t) (plain sums without weights)."""
+        if self._sqrt_w is None:
+            return rows.sum(dim=0, dtype=torch.float64)
+        return (rows * self._sqrt_w).sum(dim=0, dtype=torch.float64)
 
     def _add_gram(self, name: str, flat: torch.Tensor) -> None:
         st = self.stats
         g = (flat.T @ flat).to(torch.float64)  # (in, in)
-        s = flat.sum(dim=0, dtype=torch.float64)
+        s = self._weighted_sum(flat)
+        w = float(flat.shape[0]) if self._sqrt_w is None else float(self._sqrt_w.double().pow(2).sum())
         if name in st.gram:
             st.gram[name] += g
             st.sum_x[name] += s
+            st.weight_sum[name] += w
         else:
-            st.gram[name], st.sum_x[name] = g, s
+            st.gram[name], st.sum_x[name], st.weight_sum[name] = g, s, w
 
     def _add_cross(self, name: str, flat: torch.Tensor) -> None:
         if name not in self.targets:
@@ -144,7 +159,7 @@ class Collector:
         y = self._rows(self.targets[name]())  # (tokens, out)
         if y.shape[0] != flat.shape[0]:
             raise SlimkitError(f"least-squares target for {name} has {y.shape[0]} rows, its input {flat.shape[0]}")
-        xy, sy, yy = (flat.T @ y).to(torch.float64), y.sum(dim=0, dtype=torch.float64), float((y.double() ** 2).sum())
+        xy, sy, yy = (flat.T @ y).to(torch.float64), self._weighted_sum(y), float((y.double() ** 2).sum())
         if name in st.cross:
             st.cross[name] += xy
             st.sum_y[name] += sy

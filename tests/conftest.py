@@ -125,6 +125,15 @@ def tiny_mistral(seed: int = 0):
 TINY = {"llama": tiny_llama, "gemma3": tiny_gemma3, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "mistral": tiny_mistral}
 
 
+def prune_shape(family: str, *drop: str) -> dict:
+    """A shape that removes every kind of structure from the family's tiny model (a block, hidden
+    and FFN channels, heads), less the dims named in `drop`. Gemma 3's tiny model has 3 blocks and
+    2 heads over 1 KV head; the others 2 blocks and 4 heads over 2."""
+    shape = (dict(layers=2, hidden=48, ffn=96, heads=1, kv_heads=1) if family == "gemma3"
+             else dict(layers=1, hidden=48, ffn=96, heads=2, kv_heads=1))
+    return {k: v for k, v in shape.items() if k not in drop}
+
+
 @pytest.fixture(params=sorted(TINY))
 def tiny_ckpt(request):
     return TINY[request.param]()

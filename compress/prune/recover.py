@@ -88,11 +88,12 @@ def sq_error(w: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, sq_y: flo
 
 
 def _augmented(stats, name: str, has_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X^T X, X^T Y) with a column of ones appended to X when the Linear has a bias."""
+    """(X^T X, X^T Y) with a column of ones appended to X when the Linear has a bias (rows weighted
+    like X's: its entries are sum w x, sum w and sum w y)."""
     g, c = stats.gram[name], stats.cross[name]
     if not has_bias:
         return g, c
-    n = float(stats.count[name])
+    n = float(stats.weight_sum[name])
     s = stats.sum_x[name]
     g = torch.cat([torch.cat([g, s[:, None]], 1), torch.cat([s, torch.tensor([n], dtype=g.dtype)])[None]], 0)
     return g, torch.cat([c, stats.sum_y[name][None]], 0)

@@ -11,7 +11,7 @@ from compress.errors import SlimkitError
 from compress.prune import PruneConfig, prune
 from compress.prune.importance import block_influence
 from compress.prune.shape import ArchInfo, Shape, count_params, shape_of
-from conftest import TINY, tiny_llama
+from conftest import TINY, prune_shape, tiny_llama
 
 pytest.importorskip("torch_pruning")
 METHODS = ["minitron", "taylor", "magnitude", "random", "block-influence"]
@@ -68,8 +68,7 @@ def test_pruning_nothing_reproduces_dense_logits(family, calib):
 
 def _shape(family) -> dict:
     # every kind of removal at once: a block, hidden and FFN channels, and heads
-    return {"llama": dict(layers=1, hidden=48, ffn=96, heads=2, kv_heads=1),
-            "gemma3": dict(layers=2, hidden=48, ffn=96, heads=1, kv_heads=1)}[family]
+    return prune_shape(family)
 
 
 @pytest.mark.parametrize("family", sorted(TINY))
@@ -90,7 +89,7 @@ def test_history_records_kept_indices(family, calib, tmp_path):
         ffn = torch.tensor(kept["ffn"][str(i)])
         assert torch.equal(dst.mlp.gate_proj.weight, src.mlp.gate_proj.weight[ffn][:, hid])
         assert torch.equal(dst.mlp.down_proj.weight, src.mlp.down_proj.weight[hid][:, ffn])
-        hd = dense.config.head_dim
+        hd = getattr(dense.config, "head_dim", None) or dense.config.hidden_size // dense.config.num_attention_heads
         rows = torch.tensor([h * hd + j for h in kept["heads"][str(i)] for j in range(hd)])
         kv_rows = torch.tensor([h * hd + j for h in kept["kv_heads"][str(i)] for j in range(hd)])
         assert torch.equal(dst.self_attn.q_proj.weight, src.self_attn.q_proj.weight[rows][:, hid])
@@ -160,7 +159,7 @@ def test_bad_config_and_architecture():
         PruneConfig(method="block-influence", calib="x", shape={"ffn": 64})
     from transformers import GPT2Config
 
-    with pytest.raises(SlimkitError, match="pruning supports"):
+    with pytest.raises(SlimkitError, match="unsupported architecture .gpt2.; slimkit supports llama"):
         ArchInfo.of(GPT2Config())
     with pytest.raises(SlimkitError, match="divide"):
         Shape(layers=1, hidden=8, ffn=8, heads=3, kv_heads=2)

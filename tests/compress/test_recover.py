@@ -14,7 +14,7 @@ from compress.prune.importance import score
 from compress.prune.recover import RecoverConfig, recover
 from compress.prune.shape import shape_of
 from compress.prune.surgery import apply_shape
-from conftest import TINY
+from conftest import TINY, prune_shape
 
 pytest.importorskip("torch_pruning")
 IDS = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(1))
@@ -84,13 +84,12 @@ def test_recovery_never_raises_a_layers_reconstruction_error(family, calib):
     ckpt = TINY[family]()
     dense = copy.deepcopy(ckpt.model)
     windows = _windows(calib, ckpt)
-    shape = {"llama": dict(hidden=48, ffn=96, heads=2, kv_heads=1),
-             "gemma3": dict(hidden=48, ffn=96, heads=1, kv_heads=1)}[family]
+    shape = prune_shape(family, "layers")
     res = prune(ckpt, _cfg(calib, shape=shape, recover="none"), progress=False)
     model, kept = res.checkpoint.model, res.stage["kept"]
     before = copy.deepcopy(model)
     report = recover(dense, model, kept, windows, RecoverConfig(damp=0.01), progress=False)
-    hd = dense.config.head_dim
+    hd = getattr(dense.config, "head_dim", None) or dense.config.hidden_size // dense.config.num_attention_heads
     names = {(i, j, n): kept_rows(kept, i, hd)[n] for j, i in enumerate(kept["layers"])
              for g in width_groups(kept) for n in g}
     assert len(report["fits"]) == len(names) == 7 * len(kept["layers"])
@@ -101,9 +100,12 @@ def test_recovery_never_raises_a_layers_reconstruction_error(family, calib):
         x, y = torch.cat(got[("x", i, name)]).double(), torch.cat(got[("y", i, name)]).double()
         wt = torch.cat(got[("w", i)]).double().sqrt()
         x, y = x * wt, y * wt          # the weighted least-squares rows
-        old = before.model.layers[j].get_submodule(name).weight.detach().double()
-        new = model.model.layers[j].get_submodule(name).weight.detach().double()
-        err_old, err_new = ((x @ old.T - y) ** 2).sum(), ((x @ new.T - y) ** 2).sum()
+        lin_old, lin_new = before.model.layers[j].get_submodule(name), model.model.layers[j].get_submodule(name)
+        old, new = lin_old.weight.detach().double(), lin_new.weight.detach().double()
+        b_old = lin_old.bias.detach().double() if lin_old.bias is not None else 0.0   # Qwen2's q/k/v
+        b_new = lin_new.bias.detach().double() if lin_new.bias is not None else 0.0
+        err_old = ((x @ old.T + wt * b_old - y) ** 2).sum()
+        err_new = ((x @ new.T + wt * b_new - y) ** 2).sum()
         assert err_new <= err_old * (1 + 1e-6), (i, name)
         # the report's errors are these, measured independently
         assert f["rel_err_after"] == pytest.approx(float(err_new / (y ** 2).sum()), rel=1e-3, abs=1e-6)
@@ -121,7 +123,7 @@ def test_local_targets_are_the_dense_modules_on_the_pruned_input(family, calib):
     ckpt = TINY[family]()
     dense = copy.deepcopy(ckpt.model)
     windows = _windows(calib, ckpt)
-    shape = {"llama": dict(ffn=96, heads=2, kv_heads=1), "gemma3": dict(ffn=96, heads=1, kv_heads=1)}[family]
+    shape = prune_shape(family, "layers", "hidden")
     res = prune(ckpt, _cfg(calib, shape=shape, recover="none"), progress=False)
     model, kept = res.checkpoint.model, res.stage["kept"]
     before = copy.deepcopy(model)
@@ -250,8 +252,7 @@ def test_search_offers_depth_only_candidates_to_width_methods():
 @pytest.mark.parametrize("family", sorted(TINY))
 def test_recover_none_reproduces_pruning_without_recovery_bit_for_bit(family, calib):
     ckpt = TINY[family]()
-    shape = {"llama": dict(layers=1, hidden=48, ffn=96, heads=2, kv_heads=1),
-             "gemma3": dict(layers=2, hidden=48, ffn=96, heads=1, kv_heads=1)}[family]
+    shape = prune_shape(family)
     windows = _windows(calib, ckpt)
     ref = copy.deepcopy(ckpt.model)
     scores = score(ref, "minitron", windows, progress=False)
@@ -283,8 +284,7 @@ def test_recovered_and_bridged_models_export_to_validated_gguf(family, calib, tm
     from compress.checkpoint import save
     from export.gguf.writer import export_gguf
 
-    shape = {"llama": dict(layers=1, hidden=48, ffn=96, heads=2, kv_heads=1),
-             "gemma3": dict(layers=2, hidden=48, ffn=96, heads=1, kv_heads=1)}[family]
+    shape = prune_shape(family)
     res = prune(TINY[family](), _cfg(calib, shape=shape), progress=False)
     rec = res.stage["recovery"]
     assert rec["bridges"] and any(k["applied"] for k in rec["linears"].values())
