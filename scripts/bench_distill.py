@@ -103,8 +103,7 @@ def worker(a: argparse.Namespace, mode: str) -> dict:
     from compress.distill.teachers import TeacherSpec
     from compress.distill.trainer import distill
 
-    if mode == "threads1":
-        torch.set_num_threads(1)
+    torch.set_num_threads(1 if mode == "threads1" else a.threads)
     out = a.work / f"tp_{mode}_{os.getpid()}"
     stamps: list[float] = []
     losses: list[float] = []
@@ -128,7 +127,7 @@ def worker(a: argparse.Namespace, mode: str) -> dict:
 def run_worker(a: argparse.Namespace, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--student", a.student, "--work", str(a.work),
            "--steps", str(a.steps), "--tp-batch", str(a.tp_batch), "--seq-len", str(a.seq_len),
-           "--top-k", str(a.top_k), "--lr", str(a.lr)]
+           "--top-k", str(a.top_k), "--lr", str(a.lr), "--threads", str(a.threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -180,6 +179,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per throughput run")
     p.add_argument("--tp-batch", type=int, default=2, help="windows per step in the throughput runs")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the throughput runs "
+                   "(the thread comparison runs the cached mode on 1 as well)")
     p.add_argument("--eval-windows", type=int, default=16, help="WikiText windows of 512 (the protocol: 16)")
     p.add_argument("--no-throughput", dest="throughput", action="store_false")
     p.add_argument("--smoke", action="store_true", help="print the metrics, write no result file")

@@ -100,7 +100,8 @@ def _tiny_hf(family: str, seed: int, **extra):
     from compress.checkpoint import Checkpoint
 
     config_cls, model_cls = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
-                             "mistral": ("MistralConfig", "MistralForCausalLM")}[family]
+                             "mistral": ("MistralConfig", "MistralForCausalLM"),
+                             "llama": ("LlamaConfig", "LlamaForCausalLM")}[family]
     tok = tiny_tokenizer()
     cfg = getattr(transformers, config_cls)(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -120,6 +121,16 @@ def tiny_qwen3(seed: int = 0):
 
 def tiny_mistral(seed: int = 0):
     return _tiny_hf("mistral", seed, sliding_window=None, rope_theta=10_000.0)
+
+
+def tiny_llama3(seed: int = 0):
+    """A tiny llama with Llama 3.1's RoPE scaling (rope_type llama3; original context 64, so the
+    scaled frequencies matter inside the test windows)."""
+    ck = _tiny_hf("llama", seed, rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
+                                                  "rope_theta": 500_000.0})
+    ck.history["source"] = f"tiny-llama3-seed{seed}"
+    return ck
 
 
 TINY = {"llama": tiny_llama, "gemma3": tiny_gemma3, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "mistral": tiny_mistral}

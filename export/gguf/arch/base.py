@@ -79,10 +79,16 @@ class ArchSpec:
         elif "full_attention" in rope:
             rope = rope["full_attention"]
         rope_type = rope.get("rope_type", "default")
-        if rope_type not in ("default", "linear"):
-            raise SlimkitError(f"rope_type {rope_type!r} is not supported by slimkit's GGUF exporter yet "
-                               "(supported: default, linear)")
+        if rope_type not in self.rope_types:
+            raise SlimkitError(f"rope_type {rope_type!r} is not supported by slimkit's GGUF exporter for "
+                               f"{self.family} (supported: {', '.join(self.rope_types)})")
         return rope
+
+    rope_types: ClassVar[tuple[str, ...]] = ("default", "linear")
+
+    def extra_tensors(self) -> Iterator[tuple[str, str, torch.Tensor]]:
+        """(pseudo HF name, GGUF name, float32 tensor) of tensors the file needs beyond the weights."""
+        return iter(())
 
     def add_rope_scaling(self, w: gguf.GGUFWriter, rope: dict[str, Any]) -> None:
         if rope.get("rope_type") == "linear" and rope.get("factor"):
@@ -110,3 +116,4 @@ class ArchSpec:
             if hf_name.endswith("rotary_emb.inv_freq"):
                 continue
             yield hf_name, self.gguf_name(hf_name), self.transform(hf_name, tensor.detach().to(torch.float32))
+        yield from self.extra_tensors()

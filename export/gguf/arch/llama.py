@@ -1,6 +1,8 @@
 """Llama family (SmolLM2, Llama 2/3 without rope scaling, TinyLlama, ...)."""
 from __future__ import annotations
 
+import math
+
 import gguf
 import torch
 
@@ -14,10 +16,35 @@ def permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def llama3_rope_factors(rope: dict, head_dim: int) -> torch.Tensor:
+    """Per-frequency divisors of Llama 3.1's RoPE scaling (rope_type "llama3"), the `rope_freqs`
+    tensor llama.cpp multiplies its frequencies' wavelengths by (as its converter writes it):
+    wavelengths shorter than original_context / high_freq_factor keep their frequency, longer than
+    original_context / low_freq_factor are divided by `factor`, and those between interpolate."""
+    base = float(rope.get("rope_theta", 500_000.0))
+    factor = float(rope.get("factor", 8.0))
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    old_ctx = float(rope.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    mid = 1.0 / ((1 - smooth) / factor + smooth)
+    out = torch.where(wavelen < old_ctx / high, torch.ones_like(wavelen),
+                      torch.where(wavelen > old_ctx / low, torch.full_like(wavelen, factor), mid))
+    return out.to(torch.float32)
+
+
 @register
 class Llama(ArchSpec):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
     family = "llama"
+    rope_types = ("default", "linear", "llama3")
+
+    def extra_tensors(self):
+        rope = self.rope_parameters()
+        if rope.get("rope_type") == "llama3":
+            yield "rope_freqs", gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", \
+                llama3_rope_factors(rope, self.head_dim)
 
     def parameters(self, w: gguf.GGUFWriter) -> None:
         super().parameters(w)
