@@ -57,7 +57,14 @@ GEMMA = ChatFormat(
     '{{ else if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n'
     "{{ end }}\n{{- end }}<start_of_turn>model\n",
     ("<end_of_turn>",), r"<start_of_turn>user\n(.+?)\n\n$")
-CHAT_FORMATS = {f.name: f for f in (CHATML, GEMMA)}
+# Llama 3's header format (Meta's template; Ollama's llama3 template has the same shape)
+LLAMA3 = ChatFormat(
+    "llama3", "<|start_header_id|>",
+    "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+    "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>")
+CHAT_FORMATS = {f.name: f for f in (CHATML, GEMMA, LLAMA3)}
 _TURN_TOKENS = frozenset(t for f in CHAT_FORMATS.values() for t in (f.marker, *f.stops))
 
 

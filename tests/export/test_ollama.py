@@ -56,7 +56,10 @@ GEMMA_TEMPLATE = """{{ bos_token }}
     {{'<start_of_turn>model\\n'}}
 {%- endif -%}
 """
-LLAMA3_TEMPLATE = "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>{% endfor %}"
+LLAMA3_TEMPLATE = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                   "{{ m['content'] }}<|eot_id|>{% endfor %}"
+                   "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+VICUNA_TEMPLATE = "{% for m in messages %}{{ m['role'] | upper }}: {{ m['content'] }}\n{% endfor %}ASSISTANT:"
 CHATML_GO = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
              "{{ end }}<|im_start|>assistant\n")
 CONTROL, NORMAL = gguf.TokenType.CONTROL, gguf.TokenType.NORMAL
@@ -332,13 +335,20 @@ def test_templates_use_only_documented_constructs() -> None:
         assert ".Messages" in fmt.template and ".Content" in fmt.template
 
 
-def test_unknown_or_missing_chat_template(tmp_path: Path) -> None:
+def test_llama3_template_renders_like_the_gguf_template(tmp_path: Path) -> None:
     llama3 = smol_gguf(tmp_path / "llama3.gguf", LLAMA3_TEMPLATE)
+    cmds = dict(read_modelfile(ollama.modelfile_for(llama3)))
+    assert "llama3" in ollama.modelfile_for(llama3).splitlines()[0]
+    assert go_render(cmds["TEMPLATE"], CHAT) == jinja_render(LLAMA3_TEMPLATE, CHAT)
+
+
+def test_unknown_or_missing_chat_template(tmp_path: Path) -> None:
+    vicuna = smol_gguf(tmp_path / "vicuna.gguf", VICUNA_TEMPLATE)
     with pytest.raises(SlimkitError, match="unknown chat template.*chat_format"):
-        ollama.modelfile_for(llama3)
-    assert "<|im_start|>" in ollama.modelfile_for(llama3, chat_format="chatml")
+        ollama.modelfile_for(vicuna)
+    assert "<|im_start|>" in ollama.modelfile_for(vicuna, chat_format="chatml")
     with pytest.raises(SlimkitError, match="unknown chat format"):
-        ollama.modelfile_for(llama3, chat_format="vicuna")
+        ollama.modelfile_for(vicuna, chat_format="vicuna")
     # a base model without a template: its vocabulary's turn tokens decide
     assert "<start_of_turn>" in ollama.modelfile_for(gemma_gguf(tmp_path / "base.gguf", None))
     no_turns = write_gguf(tmp_path / "plain.gguf", "llama", ["<s>", "</s>", "a"], [CONTROL, CONTROL, NORMAL],
