@@ -175,14 +175,17 @@ def teacher_corpus(model: Any, tokenizer: Any, max_tokens: int, seq_len: int, he
 
 def _sample(model: Any, ids: torch.Tensor, length: int, temperature: float, gen: torch.Generator,
             eos_id: int | None) -> list[list[int]]:
-    """Ancestral sampling with the KV cache; sequences are cut at their first EOS."""
-    out = model(input_ids=ids, use_cache=True)
-    past, seqs = out.past_key_values, ids
+    """Ancestral sampling with the KV cache; sequences are cut at their first EOS. The model runs on
+    its own device; the draws are made on the CPU with the seeded CPU generator, so a CUDA teacher
+    samples like a CPU one (up to its logits)."""
+    device = next(model.parameters()).device
+    out = model(input_ids=ids.to(device), use_cache=True)
+    past, seqs = out.past_key_values, ids.cpu()
     for _ in range(length - 1):
-        probs = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)
-        nxt = torch.multinomial(probs, 1, generator=gen)  # (B, 1)
+        probs = torch.softmax(out.logits[:, -1].float().cpu() / temperature, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=gen)  # (B, 1) on the CPU
         seqs = torch.cat([seqs, nxt], dim=1)
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+        out = model(input_ids=nxt.to(device), past_key_values=past, use_cache=True)
         past = out.past_key_values
     result = []
     for row in seqs.tolist():

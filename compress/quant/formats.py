@@ -112,6 +112,12 @@ def _roundf(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * (fl + torch.floor(2 * (a - fl)))
 
 
+def _div(x: torch.Tensor, c: float) -> torch.Tensor:
+    """x / c as IEEE float32 division on every device: a tensor / Python-scalar division runs as a
+    multiplication by the reciprocal on CUDA, which is not the C code's `max / -8` bit for bit."""
+    return torch.div(x, torch.full_like(x, c))
+
+
 def _inverse(d: torch.Tensor) -> torch.Tensor:
     # `const float id = d ? 1.0f/d : 0.0f;` (torch.div with a tensor numerator is IEEE division;
     # `1.0 / t` runs as t.reciprocal(), see compress/quant/kquants.py)
@@ -162,18 +168,18 @@ def _signed_max(blocks: torch.Tensor) -> torch.Tensor:
 
 def _scale_q8_0(b: torch.Tensor) -> tuple[torch.Tensor, None]:
     # quantize_row_q8_0_ref: d = amax / ((1 << 7) - 1)
-    return b.abs().amax(dim=1, keepdim=True) / 127, None
+    return _div(b.abs().amax(dim=1, keepdim=True), 127.0), None
 
 
 def _scale_symmetric(b: torch.Tensor, half: int) -> tuple[torch.Tensor, None]:
     # quantize_row_q4_0_ref (half 8) / quantize_row_q5_0_ref (half 16): d = max / -half
-    return _signed_max(b) / -half, None
+    return _div(_signed_max(b), -float(half)), None
 
 
 def _scale_affine(b: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     # quantize_row_q4_1_ref (levels 15) / quantize_row_q5_1_ref (levels 31): d = (max - min) / levels
     lo = b.amin(dim=1, keepdim=True)
-    return (b.amax(dim=1, keepdim=True) - lo) / levels, lo
+    return _div(b.amax(dim=1, keepdim=True) - lo, float(levels)), lo
 
 
 _SCALES: dict[BlockType, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]] = {
@@ -237,7 +243,7 @@ def _high_bits(q: torch.Tensor) -> torch.Tensor:
     # qh: bit j of a little-endian uint32 holds bit 4 of code j (quantize_row_q5_0_ref's
     # `qh |= ((xi0 & 0x10u) >> 4) << (j + 0)` and `<< (j + qk/2)`), as 4 bytes
     bits = (q.to(torch.uint8) >> 4) & 1  # (n_blocks, 32)
-    weights = (1 << torch.arange(8, dtype=torch.int32)).to(torch.uint8)
+    weights = (1 << torch.arange(8, dtype=torch.int32, device=q.device)).to(torch.uint8)
     return (bits.reshape(-1, 4, 8) * weights).sum(dim=2, dtype=torch.int32).to(torch.uint8)  # (n_blocks, 4)
 
 
@@ -269,10 +275,11 @@ def unpack(data: torch.Tensor, btype: BlockType | str) -> Codes:
         m, at = _fp16_from_bytes(b[:, 2:4]), 4
     if lay.bits == 8:
         return Codes(d, b[:, at:].contiguous().view(torch.int8).to(torch.float32), m)
-    high = torch.zeros(b.shape[0], 32, dtype=torch.uint8)
+    high = torch.zeros(b.shape[0], 32, dtype=torch.uint8, device=b.device)
     if lay.bits == 5:
         qh = b[:, at:at + 4]  # (n_blocks, 4) -> bit k of byte j is code 8j + k
-        high = (((qh.unsqueeze(2) >> torch.arange(8, dtype=torch.uint8)) & 1) << 4).reshape(-1, 32)
+        shifts = torch.arange(8, dtype=torch.uint8, device=b.device)
+        high = (((qh.unsqueeze(2) >> shifts) & 1) << 4).reshape(-1, 32)
         at += 4
     qs = b[:, at:]
     q = torch.cat([qs & 0x0F, qs >> 4], dim=1) | high  # (n_blocks, 32)
