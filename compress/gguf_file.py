@@ -152,7 +152,96 @@ def check(path: str | Path) -> str:
         raise SlimkitError(f"{path}: unsupported architecture {arch!r}; slimkit supports {families.supported()}")
     if not info.tensors:
         raise _corrupt(Path(path), "no tensors")
+    st = Path(path).stat()
+    problem = _vocab_problem_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if problem:
+        raise _corrupt(Path(path), problem)
     return arch
+
+
+@functools.lru_cache(maxsize=32)
+def _vocab_problem_cached(path: str, size: int, mtime_ns: int) -> str | None:
+    return vocab_problem(read_info(path).metadata)
+
+
+SPECIAL_ID_KEYS = ("bos", "eos", "unknown", "separator", "padding", "eot", "eom", "mask")
+
+
+def vocab_problem(meta: dict[str, Any]) -> str | None:
+    """What llama.cpp would abort on in the tokenizer metadata (llama-vocab.cpp asserts, or a lookup
+    that throws through its C API), or None: token strings that are not unique or not UTF-8, score
+    / type arrays of another length, unknown token types, BPE merges naming unknown tokens or
+    making one, special-token ids out of range."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        return None   # no vocabulary (an imatrix, a vocab-less file): nothing to check
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        return "tokenizer.ggml.tokens is not a list of strings"
+    n = len(tokens)
+    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        arr = meta.get(key)
+        if arr is not None and (not isinstance(arr, list) or len(arr) != n):
+            return f"{key} has {len(arr) if isinstance(arr, list) else 'no'} entries for {n} tokens"
+    types = meta.get("tokenizer.ggml.token_type")
+    if types is not None and any(not isinstance(t, int) or not 0 <= t <= 6 for t in types):
+        return "tokenizer.ggml.token_type holds an unknown token type"
+    try:
+        "".join(tokens).encode("utf-8")   # the reader decodes with surrogateescape: bad bytes fail here
+    except UnicodeEncodeError:
+        bad = next(i for i, t in enumerate(tokens) if not _utf8(t))
+        return f"token {bad} is not valid UTF-8"
+    if len(set(tokens)) != n:
+        seen: dict[str, int] = {}
+        dup = next(i for i, t in enumerate(tokens) if seen.setdefault(t, i) != i)
+        return f"token {dup} ({tokens[dup]!r}) repeats token {seen[tokens[dup]]}: token strings must be unique"
+    if meta.get("tokenizer.ggml.model") == "gpt2":
+        known = set(tokens)
+        for i, merge in enumerate(meta.get("tokenizer.ggml.merges") or []):
+            parts = merge.split(" ", 1) if isinstance(merge, str) else []
+            if len(parts) != 2 or parts[0] not in known or parts[1] not in known or parts[0] + parts[1] not in known:
+                return f"BPE merge {i} ({merge!r}) does not join two known tokens into a known token"
+    for key in SPECIAL_ID_KEYS:
+        tid = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if tid is not None and (not isinstance(tid, int) or not 0 <= tid < n):
+            return f"tokenizer.ggml.{key}_token_id {tid} is not a token id (0..{n - 1})"
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False   # no vocabulary (an imatrix, a vocab-less file): nothing to check
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        return "tokenizer.ggml.tokens is not a list of strings"
+    n = len(tokens)
+    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        arr = meta.get(key)
+        if arr is not None and (not isinstance(arr, list) or len(arr) != n):
+            return f"{key} has {len(arr) if isinstance(arr, list) else 'no'} entries for {n} tokens"
+    types = meta.get("tokenizer.ggml.token_type")
+    if types is not None and any(not isinstance(t, int) or not 0 <= t <= 6 for t in types):
+        return "tokenizer.ggml.token_type holds an unknown token type"
+    bad = next((i for i, t in enumerate(tokens) if "\udc80" <= max(t, default="") and any(
+        "\udc80" <= c <= "\udcff" for c in t)), None)
+    if bad is not None:
+        return f"token {bad} is not valid UTF-8"
+    if len(set(tokens)) != n:
+        seen: dict[str, int] = {}
+        dup = next(i for i, t in enumerate(tokens) if seen.setdefault(t, i) != i)
+        return f"token {dup} ({tokens[dup]!r}) repeats token {seen[tokens[dup]]}: token strings must be unique"
+    if meta.get("tokenizer.ggml.model") == "gpt2":
+        known = set(tokens)
+        for i, merge in enumerate(meta.get("tokenizer.ggml.merges") or []):
+            parts = merge.split(" ", 1) if isinstance(merge, str) else []
+            if len(parts) != 2 or parts[0] not in known or parts[1] not in known:
+                return f"BPE merge {i} ({merge!r}) does not name two known tokens"
+    for key in SPECIAL_ID_KEYS:
+        tid = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if tid is not None and (not isinstance(tid, int) or not 0 <= tid < n):
+            return f"tokenizer.ggml.{key}_token_id {tid} is not a token id (0..{n - 1})"
+    return None
 
 
 def file_type_name(path: str | Path) -> str:
