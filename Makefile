@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/default
 
-.PHONY: install run test test-prereqs bench clean
+.PHONY: install run test test-prereqs bench clean fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,3 +51,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# A longer fuzz campaign than the one `make test` runs (scripts/fuzz.py; seeded, about 40 minutes).
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz.py --mutants 20000 --seed 1 --budget-s 2400

@@ -85,7 +85,10 @@ def _check_dir(path: Path) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SlimkitError(f"{config_path} is not valid JSON ({exc}); repair or re-save the checkpoint") from None
-    family_of(config.get("model_type", "?"))
+    if not isinstance(config, dict):
+        raise SlimkitError(f"{config_path} is not a JSON object; repair or re-save the checkpoint")
+    model_type = config.get("model_type", "?")
+    family_of(model_type if isinstance(model_type, str) else repr(model_type))
     if not any(path.glob("*.safetensors")):
         raise SlimkitError(f"{path} has no *.safetensors weights; slimkit loads safetensors only "
                            "(re-save with save_pretrained(safe_serialization=True))")
@@ -108,6 +111,11 @@ def _sidecars(path: Path) -> tuple[dict[str, Any], Any, Any]:
     return history, vocab, quant
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
 def _unreadable(path: Path, exc: Exception) -> SlimkitError:
     return SlimkitError(f"cannot load {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
                         "the weights may be truncated: re-save or copy the checkpoint again")
@@ -121,11 +129,20 @@ def load_hf_dir(path: Path, *, trust_remote_code: bool = False) -> Checkpoint:
 
     _check_dir(path)
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar: noise for models of this size
+    # Anything transformers or tokenizers raise on these files is bad input (a config field of the
+    # wrong type, a tokenizer.json that does not parse, weights of other shapes): one line, naming it.
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise _unreadable(path, exc) from exc
+    except Exception as exc:  # noqa: BLE001 (config validation, size mismatches: see above)
+        raise SlimkitError(f"cannot build the model from {path / 'config.json'} and its weights: "
+                           f"{_first_line(exc)}; repair or re-save the checkpoint") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 (tokenizers raises plain Exception for a bad tokenizer.json)
+        raise SlimkitError(f"cannot load the tokenizer of {path}: {_first_line(exc)}; repair or re-save "
+                           "tokenizer.json / tokenizer_config.json") from exc
     model.eval()
     history, vocab, quant = _sidecars(path)
     return Checkpoint(model, tokenizer, history or {"format": HISTORY_FORMAT, "source": str(path), "stages": []},

@@ -33,6 +33,11 @@ class Perplexity:
         return asdict(self)
 
 
+def safe_exp(x: float) -> float:
+    """exp(x), or inf past float range (a broken model's perplexity is infinite, not an error)."""
+    return math.exp(x) if x < 709.0 else float("inf")
+
+
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file, gzip-compressed or not."""
     path = Path(path)
@@ -87,7 +92,7 @@ def perplexity(logits_fn: LogitsFn, windows: list[list[int]], progress: bool = F
         total -= float(logp[np.arange(len(w) - 1), np.asarray(w[1:])].sum())
         count += len(w) - 1
     nll = total / count
-    return Perplexity(math.exp(nll), nll, count, len(windows), len(windows[0]))
+    return Perplexity(safe_exp(nll), nll, count, len(windows), len(windows[0]))
 
 
 def torch_logits_fn(model) -> LogitsFn:

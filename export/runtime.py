@@ -50,6 +50,9 @@ class LlamaRunner:
                                            verbose=False, **kv)
             except ValueError as exc:
                 raise SlimkitError(f"llama.cpp could not load {path}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 (llama-cpp-python parses the chat template with jinja2 on load)
+                raise SlimkitError(f"llama.cpp could not load {path}: {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''} (a damaged chat template?)") from None
 
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)

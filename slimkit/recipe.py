@@ -54,8 +54,12 @@ def _stage_lines(text: str) -> list[int]:
     import yaml
 
     root = yaml.compose(text)
-    stages = next((v for k, v in root.value if k.value == "stages"), None) if root is not None else None
-    return [item.start_mark.line + 1 for item in getattr(stages, "value", [])]
+    if not isinstance(root, yaml.MappingNode):
+        return []   # not a mapping: load_recipe says what a recipe is
+    stages = next((v for k, v in root.value if getattr(k, "value", None) == "stages"), None)
+    if not isinstance(stages, yaml.SequenceNode):
+        return []
+    return [item.start_mark.line + 1 for item in stages.value]
 
 
 def load_recipe(path: str | Path | None, sets: list[str] = ()) -> Recipe:
@@ -93,6 +97,9 @@ def _stage(file: Path, i: int, raw: Any, line: int) -> Stage:
     where = f"{file}:{line}"
     if isinstance(raw, dict) and len(raw) == 1 and "kind" not in raw:
         (kind, options), = raw.items()
+        if options is not None and not isinstance(options, dict):
+            raise SlimkitError(f"{where}: the options of stage {kind!r} must be a mapping "
+                               f"(`- {kind}: {{option: value}}`), not {type(options).__name__}")
         options = dict(options or {})
     elif isinstance(raw, dict) and "kind" in raw:
         options = dict(raw)

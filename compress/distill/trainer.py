@@ -25,6 +25,7 @@ import torch
 
 from compress.checkpoint import Checkpoint, load, save
 from compress.data import Corpus, load_corpus, teacher_corpus
+from compress.evaluate import safe_exp
 from compress.distill import fingerprint as fingerprints
 from compress.distill import losses
 from compress.distill.config import DistillConfig
@@ -235,7 +236,7 @@ def evaluate(student: Any, teacher: Teacher | None, eval_cache: Any, heldout: to
             sums[3] += float((s.argmax(-1) == top1.to(s.device)).sum())
     student.train(was_training)
     nll, count, kl, agree = dist.sum(sums)
-    result = {"heldout_ppl": math.exp(nll / max(count, 1)), "heldout_tokens": int(count)}
+    result = {"heldout_ppl": safe_exp(nll / max(count, 1)), "heldout_tokens": int(count)}
     if eval_cache is not None or (teacher is not None and teacher.model is not None):
         result.update(kl_to_teacher=kl / max(count, 1), top1_agreement=agree / max(count, 1))
     return result

@@ -89,8 +89,8 @@ class LlamaCppSource:
             raise SlimkitError("a GGUF teacher needs llama-cpp-python: pip install 'slimkit[llama]'") from None
         try:
             self._llm = Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, n_threads=threads, verbose=False)
-        except (ValueError, RuntimeError) as exc:
-            raise SlimkitError(f"llama.cpp cannot load {path}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 (ValueError, RuntimeError, jinja2 errors of a damaged template)
+            raise SlimkitError(f"llama.cpp cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
         self.name = name or path.stem
         if chat is None:  # without a template llama-cpp-python falls back to llama-2 tags a base model echoes
             chat = "tokenizer.chat_template" in self._llm.metadata
