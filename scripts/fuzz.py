@@ -5,7 +5,7 @@ one-line error (exit 2) within a time cap: no traceback, no signal, no hang. Inp
 random llama: GGUF files (`slimkit eval`: byte flips in the header and metadata, and targeted
 rewrites of counts, string lengths, array types, tensor dims and offsets), HF directories
 (`slimkit eval`: config.json fields, tokenizer.json and safetensors header bytes), recipe YAML
-(`slimkit run --plan-only`-style parsing through `slimkit run` with a bad stage) and imatrix files
+(`slimkit run --check`: parsed and every stage checked against its verb, no work run) and imatrix files
 (`slimkit export gguf --imatrix`). A llama.cpp abort would kill this process: the test runs the
 campaign as a child process, so the signal is reported with the mutant that caused it (printed
 before it runs).
@@ -186,7 +186,7 @@ def campaign(n: int, seed: int, budget_s: float, root: Path) -> dict:
     weights = hf / "model.safetensors"
     st = weights.read_bytes()
     kinds = ["gguf"] * 6 + ["config", "tokenizer", "safetensors", "recipe", "imatrix"]
-    failures, counts, start = [], {}, time.perf_counter()
+    failures, counts, start, spent = [], {}, time.perf_counter(), {}
     for i in range(n):
         if time.perf_counter() - start > budget_s:
             break
@@ -221,13 +221,14 @@ def campaign(n: int, seed: int, budget_s: float, root: Path) -> dict:
                 pos = rng.randrange(len(body))
                 body = body[:pos] + rng.choice(["{", "}", ":", "\n  - ", "[", "'", "\t"]) + body[pos + 1:]
             (case / "r.yaml").write_text(body)
-            argv = ["run", str(case / "r.yaml"), "-o", str(case / "run")]
+            argv = ["run", str(case / "r.yaml"), "-o", str(case / "run"), "--check"]
         else:
             what = "imatrix"
             (case / "i.gguf").write_bytes(next(im))
             argv = ["export", "gguf", str(hf), "-o", str(case / "o.gguf"), "--type", "Q4_0", "--imatrix",
                     str(case / "i.gguf"), "--no-validate"]
         print(f"mutant {i}: {kind} ({what})", flush=True)   # the last line names the culprit of a crash
+        t0 = time.perf_counter()
         try:
             rc, err = run_cli(argv)
             bad = _bad_result(rc, err)
@@ -235,10 +236,12 @@ def campaign(n: int, seed: int, budget_s: float, root: Path) -> dict:
             bad = f"no result within {PER_MUTANT_S} s"
         except BaseException as exc:   # anything that escapes main() is a defect
             bad = f"{type(exc).__name__}: {str(exc)[:200]}"
+        spent[kind] = spent.get(kind, 0.0) + time.perf_counter() - t0
         if bad:
             failures.append({"mutant": i, "kind": kind, "what": what, "problem": bad})
     return {"mutants": sum(counts.values()), "by_kind": counts, "failures": failures,
-            "seconds": round(time.perf_counter() - start, 1)}
+            "seconds": round(time.perf_counter() - start, 1),
+            "seconds_by_kind": {k: round(v, 1) for k, v in spent.items()}}
 
 
 def main() -> None:

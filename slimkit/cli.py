@@ -188,10 +188,14 @@ def _cmd_qat(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from slimkit.pipeline import load_recipe, run
+    from slimkit.pipeline import check_recipe, load_recipe, run
     from slimkit.report import write_report
 
     recipe = load_recipe(args.recipe, args.set)
+    if args.check:
+        check_recipe(recipe)
+        print(f"{recipe.path}: {len(recipe.stages)} stages, every one valid for its verb")
+        return 0
     run(recipe, args.output, resume=args.resume)
     md, page = write_report(args.output)
     print(md.read_text())
@@ -457,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a stage option, e.g. distill.tokens=200000 (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue a run: skip finished stages whose inputs and "
                    "config are unchanged, continue interrupted training")
+    s.add_argument("--check", action="store_true", help="check the recipe (every stage against its verb) and stop")
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("prune", help="structured pruning (depth and width) to a parameter target or a shape")

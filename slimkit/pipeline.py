@@ -144,6 +144,13 @@ def _stage_output(stage: Stage, stage_dir: Path) -> Path:
                                                                                   else "results.json"))
 
 
+def check_recipe(recipe: Recipe) -> None:
+    """Check every stage against its verb's parser (what `run` does before any work starts)."""
+    for i, stage in enumerate(recipe.stages):
+        if stage.kind in VERBS and not stage.skip:
+            check_stage(stage, [s.name for s in recipe.stages[:i]], recipe.path)
+
+
 def run(recipe: Recipe, run_dir: Path, resume: bool = False, log=print) -> dict[str, Any]:
     """Run (or resume) a recipe into RUN_DIR; returns the manifest."""
     run_dir = Path(run_dir)
@@ -151,9 +158,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool = False, log=print) -> dict[
         raise SlimkitError(f"{run_dir} holds an earlier run; pass --resume to continue it or choose another -o")
     state = _State(recipe.source, recipe.source)
     fallback_text = rundir.resolve_paths(recipe, run_dir, log)
-    for i, stage in enumerate(recipe.stages):  # every stage is checked before any work starts
-        if stage.kind in VERBS and not stage.skip:
-            check_stage(stage, [s.name for s in recipe.stages[:i]], recipe.path)
+    check_recipe(recipe)   # every stage is checked before any work starts
     run_dir.mkdir(parents=True, exist_ok=True)
     if fallback_text is not None and not fallback_text.is_file():
         rundir.sample_text(recipe.source, fallback_text, log)
