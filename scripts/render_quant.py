@@ -33,6 +33,8 @@ def render_quant(doc: dict, header: Callable, table: Callable) -> list[str]:
             continue
         note = "" if "identical_to_llama_cpp" not in r else \
             f"slimkit's `--method imatrix` file byte-identical: {r['identical_to_llama_cpp']}"
+        if "measured_at_commit" in r:
+            note = (note + "; " if note else "") + f"measured at commit {r['measured_at_commit'][:12]}"
         seconds = r["quantize_seconds"] if r["quantize_seconds"] is not None else ""
         rows.append([r["model"], r["type"], r["method"], r["file_mb"], r["ppl"], r["kld"], r["top1"], seconds, note])
     return lines + table(["model", "type", "method", "file MB", "ppl", "kld", "top1", "quantize s", "note"],
