@@ -212,36 +212,7 @@ def _utf8(text: str) -> bool:
         text.encode("utf-8")
         return True
     except UnicodeEncodeError:
-        return False   # no vocabulary (an imatrix, a vocab-less file): nothing to check
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
-        return "tokenizer.ggml.tokens is not a list of strings"
-    n = len(tokens)
-    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
-        arr = meta.get(key)
-        if arr is not None and (not isinstance(arr, list) or len(arr) != n):
-            return f"{key} has {len(arr) if isinstance(arr, list) else 'no'} entries for {n} tokens"
-    types = meta.get("tokenizer.ggml.token_type")
-    if types is not None and any(not isinstance(t, int) or not 0 <= t <= 6 for t in types):
-        return "tokenizer.ggml.token_type holds an unknown token type"
-    bad = next((i for i, t in enumerate(tokens) if "\udc80" <= max(t, default="") and any(
-        "\udc80" <= c <= "\udcff" for c in t)), None)
-    if bad is not None:
-        return f"token {bad} is not valid UTF-8"
-    if len(set(tokens)) != n:
-        seen: dict[str, int] = {}
-        dup = next(i for i, t in enumerate(tokens) if seen.setdefault(t, i) != i)
-        return f"token {dup} ({tokens[dup]!r}) repeats token {seen[tokens[dup]]}: token strings must be unique"
-    if meta.get("tokenizer.ggml.model") == "gpt2":
-        known = set(tokens)
-        for i, merge in enumerate(meta.get("tokenizer.ggml.merges") or []):
-            parts = merge.split(" ", 1) if isinstance(merge, str) else []
-            if len(parts) != 2 or parts[0] not in known or parts[1] not in known:
-                return f"BPE merge {i} ({merge!r}) does not name two known tokens"
-    for key in SPECIAL_ID_KEYS:
-        tid = meta.get(f"tokenizer.ggml.{key}_token_id")
-        if tid is not None and (not isinstance(tid, int) or not 0 <= tid < n):
-            return f"tokenizer.ggml.{key}_token_id {tid} is not a token id (0..{n - 1})"
-    return None
+        return False
 
 
 def file_type_name(path: str | Path) -> str:
