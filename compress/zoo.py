@@ -84,13 +84,9 @@ QWEN_VERSION = "0.9.0"
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
+    from compress.checkpoint import file_sha256   # (checkpoint imports this module: import here)
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 _VERIFIED: set[Path] = set()

@@ -78,8 +78,6 @@ def _bad_result(rc: int, stderr: str) -> str | None:
 
 def gguf_mutants(src: bytes, rng: random.Random):
     """(description, mutated bytes) of a GGUF file."""
-    from compress.gguf_file import read_info  # noqa: F401  (the reader defines the layout used below)
-
     header_end = min(len(src), 64 * 1024)
     kinds = ["flip", "flip", "count", "strlen", "arraytype", "truncate", "dims", "offset", "zero-run"]
     while True:
