@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from compress import gguf_file, zoo
+from compress import gguf_file, live, zoo
 from compress.atomic import replace_dir, restore_aside
 from compress import families
 from compress.errors import SlimkitError
@@ -56,8 +56,11 @@ def family_of(model_type: str) -> str:
 
 
 def load(source: str | os.PathLike, *, trust_remote_code: bool = False) -> Checkpoint:
-    """Load a HF directory, a .gguf file or a zoo name (see `slimkit zoo`) as float32 torch."""
+    """Load a HF directory, a .gguf file or a zoo name (see `slimkit zoo`) as float32 torch.
+    A `memory:` name (compress.live) is the registered in-memory checkpoint itself."""
     text = str(source)
+    if text.startswith(live.PREFIX):
+        return live.get(text)
     if text in zoo.ZOO:
         ckpt = load_gguf(zoo.get(text).path())
         ckpt.history.setdefault("zoo", text)
@@ -263,6 +266,11 @@ def _convert_gguf(path: Path, arch: str):
     return model, tokenizer, vocab
 
 
+def record_stage(history: dict[str, Any], stage: dict[str, Any]) -> None:
+    """Append `stage` to `history` with the parent's weight hash."""
+    history.setdefault("stages", []).append({**stage, "parent_sha256": history.get("weights_sha256")})
+
+
 def save(ckpt: Checkpoint, out_dir: str | os.PathLike, *, stage: dict[str, Any] | None = None) -> Path:
     """Write a HF safetensors directory + slimkit.json (+ gguf_vocab.json), atomically.
 
@@ -274,7 +282,7 @@ def save(ckpt: Checkpoint, out_dir: str | os.PathLike, *, stage: dict[str, Any] 
     history = json.loads(json.dumps(ckpt.history or {"format": HISTORY_FORMAT, "stages": []}))
     history.setdefault("stages", [])
     if stage is not None:
-        history["stages"].append({**stage, "parent_sha256": history.get("weights_sha256")})
+        record_stage(history, stage)
     history["family"] = family_of(ckpt.model.config.model_type)
     history["architecture"] = ckpt.model.config.to_dict()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

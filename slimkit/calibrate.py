@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.quant.plans import METHODS, NEEDS_GRAM
-
-DEFAULT_CALIB_TOKENS = 8192  # 16 windows of 512: minutes on 2 cores, enough for a 135M-500M model's imatrix/GPTQ
+from export.gguf.config import DEFAULT_CALIB_TOKENS
 
 
 def add_calib_args(s: argparse.ArgumentParser, methods: tuple[str, ...] = METHODS, flag: str = "--method") -> None:
@@ -28,21 +27,14 @@ def add_calib_args(s: argparse.ArgumentParser, methods: tuple[str, ...] = METHOD
                    "statistics (one pass; default: block by block on the already quantized blocks' outputs)")
 
 
-def resolve_method(args: argparse.Namespace) -> str:
-    from compress.errors import SlimkitError
+def gguf_config(args: argparse.Namespace) -> Any:
+    """The export.gguf.config.GGUFConfig that `slimkit export gguf`'s options describe (validated)."""
+    from export.gguf.config import GGUFConfig
 
-    imatrix = getattr(args, "imatrix", None)
-    if args.calib and imatrix:
-        raise SlimkitError("give --calib FILE or --imatrix FILE, not both")
-    method = args.method or ("gptq+imatrix" if args.calib else "imatrix" if imatrix else "rtn")
-    if method != "rtn" and not (args.calib or imatrix):
-        raise SlimkitError(f"--method {method} needs calibration: give --calib FILE (or --imatrix FILE)")
-    if method in NEEDS_GRAM and not args.calib:
-        raise SlimkitError(f"--method {method} needs --calib FILE (Gram matrices); an imatrix file only serves "
-                           "--method imatrix")
-    if method == "rtn" and (args.calib or imatrix):
-        raise SlimkitError("--method rtn uses no calibration; drop --calib/--imatrix or choose another --method")
-    return method
+    return GGUFConfig(type=args.type, validate=not args.no_validate, method=args.method,
+                      calib=tuple(str(p) for p in args.calib or ()),
+                      imatrix=str(args.imatrix) if args.imatrix else None, calib_tokens=args.calib_tokens,
+                      calib_seq_len=args.calib_seq_len, gptq_damp=args.gptq_damp, gptq_one_pass=args.gptq_one_pass)
 
 
 def collect_stats(ckpt: Any, args: argparse.Namespace, gram: bool) -> tuple[Any, Any]:
@@ -54,8 +46,9 @@ def collect_stats(ckpt: Any, args: argparse.Namespace, gram: bool) -> tuple[Any,
     return collect(ckpt.model, windows, gram=gram, source=source), windows
 
 
-def calibration(ckpt: Any, args: argparse.Namespace, method: str) -> Any:
-    """The export.gguf.calibrated.Calibration that --calib/--imatrix describe."""
+def calibration(ckpt: Any, args: Any, method: str) -> Any:
+    """The export.gguf.calibrated.Calibration that --calib/--imatrix describe (`args`: the parsed
+    options or a GGUFConfig, which has the same names)."""
     from compress.quant.gptq import GPTQConfig
     from export.gguf import imatrix as imx
     from export.gguf.calibrated import Calibration
@@ -68,31 +61,22 @@ def calibration(ckpt: Any, args: argparse.Namespace, method: str) -> Any:
     return Calibration(stats=stats, windows=windows, gptq=gcfg)
 
 
-def export_source(args: argparse.Namespace) -> tuple[Any, str, Any]:
-    """(source or loaded checkpoint, method, Calibration or None) for `slimkit export gguf`; every
-    check that needs no model runs before the model is loaded and calibrated."""
+def export_source(source: Any, out: str | Path, cfg: Any) -> tuple[Any, str, Any]:
+    """(source or loaded checkpoint, method, Calibration or None) for a GGUF export with GGUFConfig
+    `cfg` (checked on construction, before any model is loaded and calibrated)."""
     import os
 
-    from compress.checkpoint import load
+    from compress.checkpoint import Checkpoint, load
     from compress.errors import SlimkitError
-    from export.gguf import types as gtypes
 
-    method = resolve_method(args)
+    method = cfg.resolved_method
     if method == "rtn":
-        return args.source, method, None
-    if args.type is None:
-        raise SlimkitError(f"--method {method} needs an explicit --type (e.g. --type Q4_0)")
-    etype = gtypes.parse(args.type)
-    if etype.is_float:
-        raise SlimkitError(f"--method {method} calibrates quantized types; {args.type} is a float type")
-    if method in NEEDS_GRAM and etype.name not in gtypes.GPTQ_TYPES:
-        raise SlimkitError(f"--method {method} does not apply to {etype.name}: slimkit's GPTQ writes "
-                           f"{', '.join(gtypes.GPTQ_TYPES)} mixes; use --method imatrix")
-    parent = Path(args.output).parent
+        return source, method, None
+    parent = Path(out).parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise SlimkitError(f"output directory {parent} does not exist or is not writable; choose another -o path")
-    ckpt = load(args.source)
-    return ckpt, method, calibration(ckpt, args, method)
+    ckpt = source if isinstance(source, Checkpoint) else load(source)
+    return ckpt, method, calibration(ckpt, cfg, method)
 
 
 def cmd_imatrix(args: argparse.Namespace) -> int:

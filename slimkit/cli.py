@@ -21,11 +21,10 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_gguf(args: argparse.Namespace) -> int:
-    from export.gguf.writer import export_gguf
-    from slimkit.calibrate import export_source
+    from slimkit.calibrate import gguf_config
+    from slimkit.verbs import export_gguf
 
-    source, method, cal = export_source(args)
-    res = export_gguf(source, args.output, args.type, validate=not args.no_validate, method=method, calibration=cal)
+    res = export_gguf(args.source, gguf_config(args), args.output)
     print(f"wrote {res.path} ({res.type}{', trained QAT blocks' if res.trained else ''}, {res.file_mb:.1f} MB) "
           f"in {res.seconds:.1f} s")
     if res.validation:
@@ -127,17 +126,15 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from compress.errors import SlimkitError
-    from devices.errors import DeviceError
-    from devices.profile import profile, render
+    from devices.profile import render
+    from slimkit.configs import ProfileConfig
+    from slimkit.verbs import profile
 
-    try:
-        result = profile(args.artifact, args.device, args.runtime, ctx=args.ctx, threads=args.threads,
-                         repetitions=args.repetitions, identity=args.identity, python=args.python,
-                         calibration=args.calibration, timeout=args.timeout,
-                         env=args.env)
-    except DeviceError as exc:  # devices does not import compress: same one-line error, exit code 2
-        raise SlimkitError(str(exc)) from None
+    cfg = ProfileConfig(runtime=args.runtime, ctx=args.ctx, threads=args.threads, repetitions=args.repetitions,
+                        identity=args.identity, python=args.python,
+                        calibration=str(args.calibration) if args.calibration else None, timeout=args.timeout,
+                        env=tuple(args.env))
+    result = profile(args.artifact, args.device, cfg)
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
 
@@ -204,10 +201,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from export.onnx.export import export_onnx
+    from slimkit.configs import OnnxConfig
+    from slimkit.verbs import export_onnx
 
-    res = export_onnx(args.source, args.output, args.precision, block_size=args.block_size,
-                      validate=not args.no_validate)
+    res = export_onnx(args.source, OnnxConfig(args.precision, args.block_size, not args.no_validate), args.output)
     print(f"wrote {res.path} (ONNX {res.precision}, {res.file_mb:.1f} MB) in {res.seconds:.1f} s")
     if res.validation:
         v, kv, g = res.validation, res.validation["kv_cache"], res.validation["greedy"]

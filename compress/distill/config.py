@@ -1,8 +1,8 @@
 """DistillConfig: everything about a distillation run except the models and the data files."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from compress.errors import SlimkitError
 
@@ -11,6 +11,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass(frozen=True)
 class DistillConfig:
+    VERSION: ClassVar[int] = 1  # of the to_dict/from_dict form (compress.config_io)
     tokens: int  # training budget: optimizer steps = ceil(tokens / (batch_size * seq_len))
     seq_len: int = 512
     batch_size: int = 8  # windows per optimizer step, over all ranks
@@ -73,12 +74,15 @@ class DistillConfig:
         return self.batch_size // per_step
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        from compress import config_io
+
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        from compress import config_io
+
+        return config_io.from_dict(cls, d)
 
     # Fields that may change between an interrupted run and its resumption without changing the result.
-    RESUME_FREE = ("eval_every", "save_every", "keep_checkpoints")
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("eval_every", "save_every", "keep_checkpoints")

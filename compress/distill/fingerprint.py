@@ -24,7 +24,12 @@ EXTENSIBLE = ("tokens",)   # options a resumed run may change (the budget grows,
 
 
 def source_digest(source: str | Path) -> str:
-    """Content digest of a model source: a file, a directory's files, or a zoo model's shipped file."""
+    """Content digest of a model source: a file, a directory's files, a zoo model's shipped file,
+    or an in-memory model's weights (compress.live)."""
+    from compress import live
+
+    if live.is_live(source):
+        return live.digest(source)
     path = Path(source)
     if path.exists():
         return tree_sha256(path) or ""
@@ -60,7 +65,7 @@ def read(directory: Path) -> dict[str, Any] | None:
 def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     """What changed, in words ('the student weights', 'teacher 1', 'data', option names)."""
     out = []
-    a, b = mine.get("config", {}), theirs.get("config", {})
+    a, b = _unversioned(mine.get("config", {}), theirs.get("config", {})), theirs.get("config", {})
     out += sorted(k for k in set(a) | set(b) if k not in EXTENSIBLE and a.get(k) != b.get(k))
     if mine.get("student") != theirs.get("student"):
         out.append("the student weights")
@@ -77,6 +82,13 @@ def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     if mine.get("data") != theirs.get("data"):
         out.append("the training data")
     return out
+
+
+def _unversioned(mine: Any, theirs: Any) -> Any:
+    """`mine` less the config "version" keys `theirs` lacks (a checkpoint from before configs had one)."""
+    if not isinstance(mine, dict) or not isinstance(theirs, dict):
+        return mine
+    return {k: _unversioned(v, theirs.get(k)) for k, v in mine.items() if k in theirs or k != "version"}
 
 
 def check(checkpoint: Path, mine: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -24,6 +24,7 @@ DEFAULT_MODE = "ffn+heads+hidden, 0% as blocks"   # the plan when there is no ca
 
 @dataclass(frozen=True)
 class PruneConfig:
+    VERSION: ClassVar[int] = 1                # of the to_dict/from_dict form (compress.config_io)
     method: str = "minitron"
     target_params: float | None = None        # (0, 1]: fraction kept; > 1: absolute count
     shape: dict[str, int] = field(default_factory=dict)   # explicit dims (layers, hidden, ffn, heads, kv_heads)
@@ -83,11 +84,15 @@ class PruneConfig:
         return RecoverConfig(damp=self.recover_damp, bridge=self.bridge, target=self.recover_target)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        from compress import config_io
+
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
-        return cls(**d)
+        from compress import config_io
+
+        return config_io.from_dict(cls, d)
 
 
 @dataclass

@@ -3,8 +3,8 @@ validation, no torch: the CLI builds its options from PRESETS without importing 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from compress.errors import SlimkitError
 
@@ -37,6 +37,7 @@ class QATPlan:
     to F16, as the GGUF writer does.
     """
 
+    VERSION: ClassVar[int] = 1  # of the to_dict/from_dict form (compress.config_io)
     preset: str = "q4_0"
     rules: tuple[tuple[str, str], ...] = ()
     learn_scales: bool = False
@@ -87,13 +88,15 @@ class QATPlan:
         return qtype
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rules": [list(r) for r in self.rules], "calib": list(self.calib)}
+        from compress import config_io
+
+        return config_io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QATPlan":
-        return cls(d.get("preset", "q4_0"), tuple(tuple(r) for r in d.get("rules", ())), bool(d.get("learn_scales")),
-                   d.get("init", "rtn"), tuple(d.get("calib", ())), int(d.get("calib_tokens", 8192)),
-                   int(d.get("calib_seq_len", 512)), float(d.get("damp", 1.0)), bool(d.get("sequential", True)))
+        from compress import config_io
+
+        return config_io.from_dict(cls, d)
 
     @classmethod
     def parse_rules(cls, preset: str, rules: list[str], learn_scales: bool = False, **init: Any) -> "QATPlan":

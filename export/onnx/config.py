@@ -1,8 +1,8 @@
 """The ONNX export configuration: one frozen dataclass, validated on construction."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from compress.errors import SlimkitError
 
@@ -19,8 +19,9 @@ ACCURACY_LEVEL = 4
 
 @dataclass(frozen=True)
 class OnnxExportConfig:
+    VERSION: ClassVar[int] = 1  # of the to_dict/from_dict form (compress.config_io)
     precision: str = "fp32"
-    block_size: int | None = None  # int8/int4 only; DEFAULT_BLOCK_SIZE when None
+    block_size: int | None = None  # int8/int4 only; DEFAULT_BLOCK_SIZE when None (set so on construction)
     validate: bool = True
 
     def __post_init__(self) -> None:
@@ -33,17 +34,23 @@ class OnnxExportConfig:
             if self.block_size not in BLOCK_SIZES:
                 raise SlimkitError(f"unsupported quantization block size {self.block_size}; "
                                    f"choose one of {', '.join(map(str, BLOCK_SIZES))}")
+        elif self.precision in QUANTIZED:
+            object.__setattr__(self, "block_size", DEFAULT_BLOCK_SIZE)   # the same config, one form
 
     @property
     def quant_block_size(self) -> int:
         return self.block_size or DEFAULT_BLOCK_SIZE
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        from compress import config_io
+
+        d = config_io.to_dict(self)
         if self.precision in QUANTIZED:
-            d.update(block_size=self.quant_block_size, accuracy_level=ACCURACY_LEVEL)
+            d.update(accuracy_level=ACCURACY_LEVEL)   # a fact of the export, not an option
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OnnxExportConfig:
-        return cls(**{k: d[k] for k in ("precision", "block_size", "validate") if k in d})
+        from compress import config_io
+
+        return config_io.from_dict(cls, {k: v for k, v in d.items() if k != "accuracy_level"})
