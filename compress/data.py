@@ -181,10 +181,15 @@ def _sample(model: Any, ids: torch.Tensor, length: int, temperature: float, gen:
     device = next(model.parameters()).device
     out = model(input_ids=ids.to(device), use_cache=True)
     past, seqs = out.past_key_values, ids.cpu()
+    ended = torch.zeros(len(ids), dtype=torch.bool)
     for _ in range(length - 1):
         probs = torch.softmax(out.logits[:, -1].float().cpu() / temperature, dim=-1)
         nxt = torch.multinomial(probs, 1, generator=gen)  # (B, 1) on the CPU
         seqs = torch.cat([seqs, nxt], dim=1)
+        if eos_id is not None:
+            ended |= nxt[:, 0] == eos_id
+            if bool(ended.all()):   # every row is cut at its first EOS: the rest would be thrown away
+                break
         out = model(input_ids=nxt.to(device), past_key_values=past, use_cache=True)
         past = out.past_key_values
     result = []

@@ -215,9 +215,40 @@ def _corpus(a: argparse.Namespace) -> str:
     return str(path)
 
 
+THROUGHPUT_KEYS = ("tokens_per_s_online", "tokens_per_s_cached", "tokens_per_s_cached_bf16",
+                   "tokens_per_s_cached_1_thread", "peak_rss_mb_online", "peak_rss_mb_cached", "teachers_loaded_cached",
+                   "throughput_ratio", "bf16_speedup", "threads_2_over_1", "bf16_loss_rel_diff", "cache_build_seconds",
+                   "cache_build_tokens", "break_even_epochs")
+
+
+def earlier(a: argparse.Namespace) -> dict:
+    """The measurements of the committed distill.json, for a work directory that is gone (a fresh
+    checkout): each keeps the commit that measured it (`measured_at`), so a benchmark longer than one
+    session is finished across sessions instead of restarted. Only a result of the same protocol
+    (token budget, eval windows) is reused."""
+    path = RESULTS / "distill.json"
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    m, commit = doc["metrics"], doc.get("git_commit", "unknown")
+    if m.get("tokens") != a.tokens or m.get("eval_data", "").find(f"{a.eval_windows} x 512") < 0:
+        return {}
+    at = m.get("measured_at", {})
+    done: dict = {"seconds": dict(m.get("variant_seconds", {})), "measured_at": {}}
+    for key, metric in [("teacher", "teacher_ppl"), ("pruned", "ppl_pruned")] + [(v, f"ppl_{v}") for v in VARIANTS]:
+        if metric in m:
+            done[key] = m[metric]
+            done["measured_at"][key] = at.get(key, commit)
+    if "throughput_ratio" in m:
+        done["throughput"] = {k: m[k] for k in THROUGHPUT_KEYS if k in m}
+        done["measured_at"]["throughput"] = at.get("throughput", commit)
+    return done
+
+
 def run_all(a: argparse.Namespace, row: dict | None) -> dict:
     ppl_path = a.work / "ppl.json"  # finished measurements, so a restarted benchmark skips them
-    done = json.loads(ppl_path.read_text()) if ppl_path.is_file() else {}
+    done = json.loads(ppl_path.read_text()) if ppl_path.is_file() else ({} if a.smoke else earlier(a))
+    ppl_path.write_text(json.dumps(done, indent=2))
 
     def measure(key: str, source: str) -> float:
         if key not in done:
@@ -226,11 +257,15 @@ def run_all(a: argparse.Namespace, row: dict | None) -> dict:
         return done[key]
 
     m: dict = {"tokens": a.tokens, "teacher_ppl": measure("teacher", TEACHER), "ppl_pruned": measure("pruned", a.student)}
+    if a.throughput and "throughput" not in done:   # first: it is short, and it decides the CPU precision
+        done["throughput"] = throughput(a)
+        ppl_path.write_text(json.dumps(done, indent=2))
+    m.update(done.get("throughput", {}))
     data = [str(SHARED_DATA / "text" / f) for f in TRAIN]
     seconds = done.setdefault("seconds", {})
     for name in a.variants:
         out = a.work / name
-        if not (out / "slimkit.json").is_file():
+        if name not in done and not (out / "slimkit.json").is_file():
             t0 = time.perf_counter()
             extra = [x.format(cache=a.work / "cache", corpus_cache=a.work / "corpus_cache") for x in VARIANTS[name]]
             _slimkit("distill", *train_args(a, a.student, [_corpus(a)] if name == "kd_teacher_corpus" else data),
@@ -238,10 +273,6 @@ def run_all(a: argparse.Namespace, row: dict | None) -> dict:
             seconds[name] = round(time.perf_counter() - t0, 1)
         m[f"ppl_{name}"] = measure(name, str(out))
         _write(a, m, row)
-    if a.throughput and "throughput" not in done:
-        done["throughput"] = throughput(a)
-        ppl_path.write_text(json.dumps(done, indent=2))
-    m.update(done.get("throughput", {}))
     return _write(a, m, row)
 
 
@@ -252,8 +283,9 @@ def _write(a: argparse.Namespace, m: dict, row: dict | None) -> dict:
         best = min(kd, key=kd.get)
         m["recovered_fraction_kd"] = round((m["ppl_pruned"] - kd[best]) / gap, 4)
         m["best_kd_variant"] = best
-    out = {**m, "not_run": [v for v in VARIANTS if f"ppl_{v}" not in m] + ([] if "throughput_ratio" in m
-                                                                          else ["throughput"]),
+    measured_at = json.loads((a.work / "ppl.json").read_text()).get("measured_at", {})
+    not_run = [v for v in VARIANTS if f"ppl_{v}" not in m] + ([] if "throughput_ratio" in m else ["throughput"])
+    out = {**m, **({"measured_at": measured_at} if measured_at else {}), "not_run": not_run,
            "student": f"{TEACHER} pruned 25% non-embedding ({row['method']}, recover {row.get('recover')})"
            if row else a.student, "teacher": TEACHER, "train_data": " + ".join(TRAIN),
            "eval_data": f"{EVAL}, {a.eval_windows} x 512",

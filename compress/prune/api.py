@@ -19,6 +19,12 @@ from compress.prune.surgery import apply_shape
 SHAPE_KEYS = ("layers", "hidden", "ffn", "heads", "kv_heads")
 DEFAULT_RECOVER_TOKENS = 8192   # 16 windows of 512: the fits have ~10x more rows than unknowns per output
 SEARCH_FIT_WINDOWS = 4         # windows a candidate's trial recovery fits on (not those it is ranked on)
+# `--calib self`: calibration text sampled from the model itself (self-calibration, Williams et al.
+# 2024). With only the head of TinyStories to calibrate on, recovery fits that one domain and loses
+# elsewhere (prune.json: in-domain perplexity near dense, WikiText far from it); the model's own
+# samples cover what it knows.
+SELF_CALIB = "self"
+SELF_CALIB_TEMPERATURE = 1.0
 DEFAULT_MODE = "ffn+heads+hidden, 0% as blocks"   # the plan when there is no calibration text to search with
 
 
@@ -29,7 +35,7 @@ class PruneConfig:
     target_params: float | None = None        # (0, 1]: fraction kept; > 1: absolute count
     shape: dict[str, int] = field(default_factory=dict)   # explicit dims (layers, hidden, ffn, heads, kv_heads)
     count_embeddings: bool = False
-    calib: str | None = None                  # calibration text file
+    calib: str | None = None                  # calibration text file, or "self" (sampled from the model)
     calib_tokens: int = 16384
     calib_ctx: int = 512
     search_windows: int = 8                   # calibration windows used to rank candidate shapes
@@ -142,11 +148,21 @@ def _target(cfg: PruneConfig, dense_params: int) -> int:
     return n
 
 
-def calibration_windows(cfg: PruneConfig, tokenizer) -> torch.Tensor:
+def calibration_windows(cfg: PruneConfig, tokenizer, model: torch.nn.Module | None = None) -> torch.Tensor:
+    """The calibration windows (n, calib_ctx): the head of the --calib text, or with `--calib self`
+    text sampled from the model being pruned (compress.data.teacher_corpus, seeded by --seed)."""
     from compress.evaluate import adds_bos, make_windows, read_text, tokenize_plain
 
-    text = read_text(cfg.calib)[: cfg.calib_tokens * 12]     # ~4 characters a token; leaves room
     n = cfg.calib_tokens // cfg.calib_ctx
+    if cfg.calib == SELF_CALIB:
+        from compress.data import teacher_corpus
+
+        if model is None:
+            raise SlimkitError("--calib self samples its text from the model: pass the model")
+        corpus = teacher_corpus(model, tokenizer, (n + 1) * cfg.calib_ctx, cfg.calib_ctx, heldout_fraction=0.0,
+                                seed=cfg.seed, batch_size=8, temperature=SELF_CALIB_TEMPERATURE)
+        return corpus.train[:n]
+    text = read_text(cfg.calib)[: cfg.calib_tokens * 12]     # ~4 characters a token; leaves room
     bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
     windows = make_windows(tokenize_plain(tokenizer, text), cfg.calib_ctx, n, bos)
     return torch.tensor(windows, dtype=torch.long)
@@ -205,7 +221,7 @@ def prune(source: Any, cfg: PruneConfig, *, plan_only: bool = False, progress: b
     calibration pass, e.g. to sweep several targets from one calibration."""
     from compress.checkpoint import Checkpoint, load
 
-    if cfg.calib and not Path(cfg.calib).is_file():
+    if cfg.calib and cfg.calib != SELF_CALIB and not Path(cfg.calib).is_file():
         raise SlimkitError(f"{cfg.calib}: no such calibration text file")
     ckpt = source if isinstance(source, Checkpoint) else load(source)
     model = ckpt.model
@@ -213,7 +229,7 @@ def prune(source: Any, cfg: PruneConfig, *, plan_only: bool = False, progress: b
         raise SlimkitError("pruning needs a full model checkpoint (a HF directory, a .gguf or a zoo name)")
     ArchInfo.of(model.config)                                   # unsupported architecture: fail before work
     model.eval()
-    windows = calibration_windows(cfg, ckpt.tokenizer) if cfg.calib else None
+    windows = calibration_windows(cfg, ckpt.tokenizer, model) if cfg.calib else None
     if cfg.shape:   # validate explicit shapes before the (long) calibration pass
         make_plan(model, cfg, None, None, progress=False)
     if scores is None:

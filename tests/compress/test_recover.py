@@ -315,3 +315,29 @@ def test_cli_recovery_flags_plan_table_and_history(tmp_path, calib, capsys):
     assert stage["config"]["recover"] is None and stage["recovery"]["tokens"] == 256
     assert "recovery_seconds" in stage["metrics"] and "calib_loss_pruned" in stage["metrics"]
     assert any(c["name"].startswith("depth") for c in stage["plan"]["candidates"])
+
+
+def test_self_calibration_samples_seeded_windows_from_the_model_and_recovers(tmp_path, capsys):
+    """--calib self: windows of the model's own samples (same seed, same windows), enough of them,
+    and the CLI prunes with recovery on them and records the choice."""
+    import json
+
+    from compress.checkpoint import save
+    from slimkit.cli import main
+
+    ckpt = TINY["llama"]()
+    cfg = _cfg("self", target_params=1.0, calib_tokens=512)
+    w = calibration_windows(cfg, ckpt.tokenizer, ckpt.model)
+    assert w.shape == (512 // 64, 64) and w.dtype == torch.long
+    assert torch.equal(w, calibration_windows(cfg, ckpt.tokenizer, ckpt.model))
+    other = calibration_windows(_cfg("self", target_params=1.0, calib_tokens=512, seed=1), ckpt.tokenizer, ckpt.model)
+    assert not torch.equal(w, other)
+    with pytest.raises(SlimkitError, match="model"):
+        calibration_windows(cfg, ckpt.tokenizer)
+    src = save(ckpt, tmp_path / "src")
+    out = tmp_path / "out"
+    assert main(["prune", str(src), "-o", str(out), "--target-params", "0.6", "--calib", "self", "--calib-tokens",
+                 "512", "--calib-ctx", "64", "--align", "8"]) == 0
+    assert "least-squares recovery" in capsys.readouterr().out
+    stage = json.loads((out / "slimkit.json").read_text())["stages"][-1]
+    assert stage["config"]["calib"] == "self" and stage["recovery"]["tokens"] == 512
