@@ -1,5 +1,5 @@
-"""CLI glue for calibration: `slimkit imatrix`, and the --calib/--imatrix/--method options that
-`slimkit export gguf` and `slimkit qat` share. Options parse into the library's objects
+"""CLI glue for calibration: `slimkit imatrix`, and the --calib/--imatrix/--method flags that
+`slimkit export gguf` and `slimkit qat` share (slimkit.commands.Flag data). Options parse into the library's objects
 (compress.calib statistics, export.gguf.calibrated.Calibration); no logic lives here."""
 from __future__ import annotations
 
@@ -9,22 +9,25 @@ from typing import Any
 
 from compress.quant.plans import METHODS, NEEDS_GRAM
 from export.gguf.config import DEFAULT_CALIB_TOKENS
+from slimkit.commands import Flag, flag
 
 
-def add_calib_args(s: argparse.ArgumentParser, methods: tuple[str, ...] = METHODS, flag: str = "--method") -> None:
-    s.add_argument("--calib", action="append", type=Path, default=None, metavar="FILE",
-                   help="calibration text (.txt/.gz/.jsonl, repeatable); without it and without --imatrix, rtn")
-    s.add_argument("--calib-tokens", type=int, default=DEFAULT_CALIB_TOKENS, metavar="N",
-                   help=f"calibration tokens (default {DEFAULT_CALIB_TOKENS}, in windows of --calib-seq-len)")
-    s.add_argument("--calib-seq-len", type=int, default=512, metavar="N", help="calibration window (default 512)")
-    s.add_argument(flag, dest="method", default=None, choices=methods,
-                   help="rtn | imatrix (llama.cpp's importance-weighted quantizers) | gptq | gptq+imatrix (GPTQ error "
-                        "feedback, reference or weighted block scales); default gptq+imatrix with --calib, "
-                        "imatrix with --imatrix, else rtn")
-    s.add_argument("--gptq-damp", type=float, default=1.0, metavar="X", help="GPTQ Hessian damping, a fraction of "
-                   "the mean diagonal (default 1.0: robust when the calibration text differs from the use)")
-    s.add_argument("--gptq-one-pass", action="store_true", help="GPTQ every block on the full-precision model's "
-                   "statistics (one pass; default: block by block on the already quantized blocks' outputs)")
+def calib_flags(methods: tuple[str, ...] = METHODS, name: str = "--method") -> tuple[Flag, ...]:
+    return (
+        flag("--calib", action="append", type=Path, default=None, metavar="FILE",
+             help="calibration text (.txt/.gz/.jsonl, repeatable); without it and without --imatrix, rtn"),
+        flag("--calib-tokens", type=int, default=DEFAULT_CALIB_TOKENS, metavar="N",
+             help=f"calibration tokens (default {DEFAULT_CALIB_TOKENS}, in windows of --calib-seq-len)"),
+        flag("--calib-seq-len", type=int, default=512, metavar="N", help="calibration window (default 512)"),
+        flag(name, dest="method", default=None, choices=methods,
+             help="rtn | imatrix (llama.cpp's importance-weighted quantizers) | gptq | gptq+imatrix (GPTQ error "
+                  "feedback, reference or weighted block scales); default gptq+imatrix with --calib, "
+                  "imatrix with --imatrix, else rtn"),
+        flag("--gptq-damp", type=float, default=1.0, metavar="X", help="GPTQ Hessian damping, a fraction of "
+             "the mean diagonal (default 1.0: robust when the calibration text differs from the use)"),
+        flag("--gptq-one-pass", action="store_true", help="GPTQ every block on the full-precision model's "
+             "statistics (one pass; default: block by block on the already quantized blocks' outputs)"),
+    )
 
 
 def gguf_config(args: argparse.Namespace) -> Any:

@@ -39,7 +39,7 @@ from typing import Any
 from compress.atomic import atomic_write
 from compress.errors import SlimkitError
 from slimkit import rundir
-from slimkit.recipe import NOT_LANDED, VERBS, Recipe, Stage, check_stage, load_recipe, option_argv
+from slimkit.recipe import NOT_LANDED, VERBS, Recipe, Stage, check_stage, load_recipe, option_argv, stage_config
 from slimkit.rundir import Manifest, config_hash, tree_hash
 
 __all__ = ["load_recipe", "run"]
@@ -145,10 +145,13 @@ def _stage_output(stage: Stage, stage_dir: Path) -> Path:
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """Check every stage against its verb's parser (what `run` does before any work starts)."""
-    for i, stage in enumerate(recipe.stages):
-        if stage.kind in VERBS and not stage.skip:
-            check_stage(stage, [s.name for s in recipe.stages[:i]], recipe.path)
+    """Check every stage's options against its verb's flags, then every stage's config (what `run`
+    does before any work starts)."""
+    stages = [(i, s) for i, s in enumerate(recipe.stages) if s.kind in VERBS and not s.skip]
+    for i, stage in stages:
+        check_stage(stage, [s.name for s in recipe.stages[:i]], recipe.path)
+    for _, stage in stages:
+        stage_config(stage, recipe.path)
 
 
 def run(recipe: Recipe, run_dir: Path, resume: bool = False, log=print) -> dict[str, Any]:

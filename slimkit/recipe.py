@@ -1,10 +1,12 @@
-"""Recipes for `slimkit run`: YAML -> stages, each checked against its CLI verb's own parser.
+"""Recipes for `slimkit run`: YAML -> stages, each checked against its verb's flags and config.
 
 A stage is `- KIND: {options}`; the keys `id` (the stage's name in the run directory, the
 manifest and `--set`; default: its kind), `input` (an earlier stage's id, or `teacher`) and
 `skip` belong to the pipeline, `devices` to profile stages; every other key is an option of the
-kind's CLI verb (`target-params: 0.5` is `slimkit prune --target-params 0.5`). Errors name the
-recipe line. slimkit.pipeline runs the stages.
+kind's verb (`target-params: 0.5` is `slimkit prune --target-params 0.5` and
+`PruneConfig(target_params=0.5)`): the options are a config dict, checked by the verb's flags
+(slimkit.commands, data shared with the CLI) and its config's own validation (`stage_config`)
+before any work starts. Errors name the recipe line. slimkit.pipeline runs the stages.
 """
 from __future__ import annotations
 
@@ -13,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import SlimkitError
+from slimkit.commands import VERBS as COMMANDS
+from slimkit.commands import config_builder, verb_flags, verb_parser
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
-# kind -> the CLI verb (argv prefix); how its input and output are passed
-VERBS: dict[str, list[str]] = {
-    "prune": ["prune"], "distill": ["distill"], "qat": ["qat"], "export-gguf": ["export", "gguf"],
-    "export-onnx": ["export", "onnx"], "eval": ["eval"], "profile": ["profile"],
-    "package-ollama": ["package", "ollama"], "rationale": ["rationale", "train"],
-}
+VERBS: dict[str, list[str]] = {kind: list(v.argv) for kind, v in COMMANDS.items()}  # kind -> the CLI verb
 NOT_LANDED: dict[str, str] = {}  # stage kinds whose verb has not landed yet: skipped with a warning
 PIPELINE_KEYS = ("kind", "id", "input", "skip", "devices")  # stage keys that are not CLI options
 
@@ -141,67 +140,71 @@ def _apply_sets(stages: list[Stage], sets: list[str], file: Path) -> None:
                 s.options[option] = parsed
 
 
-# ---- stage -> command line ---------------------------------------------------------------------
-
-def _flag_actions(verb: list[str]) -> dict[str, Any]:
-    """--flag -> argparse action of the verb's own parser."""
-    from slimkit.cli import build_parser
-
-    parser = build_parser()
-    for word in verb:
-        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")  # noqa: SLF001
-        parser = sub.choices[word]
-    return {opt: a for a in parser._actions for opt in a.option_strings}  # noqa: SLF001
-
+# ---- stage -> command line and config ----------------------------------------------------------
 
 def option_argv(stage: Stage, file: str) -> list[str]:
-    """The stage's options as the verb's flags; unknown options fail naming the recipe line."""
-    actions = _flag_actions(VERBS[stage.kind])
+    """The stage's options as the verb's flags (slimkit.commands); unknown options fail naming the recipe line."""
+    flags = {f.option: f for f in verb_flags(stage.kind) if f.option}
     argv: list[str] = []
     for key, value in stage.options.items():
-        flag = f"--{key}"
-        action = actions.get(flag)
-        if action is None or flag in ("--output", "--help"):
-            known = sorted(f[2:] for f in actions if f.startswith("--") and f not in ("--help", "--output"))
+        option = f"--{key}"
+        spec = flags.get(option)
+        if spec is None or option == "--output":
+            known = sorted(o[2:] for o in flags if o != "--output")
             raise SlimkitError(f"{file}:{stage.line}: stage {stage.name!r} ({stage.kind}) has no option {key!r}; "
                                f"options: {', '.join(known)}")
-        kind = action.__class__.__name__
-        if kind in ("_StoreTrueAction", "_StoreFalseAction"):
+        if spec.switch:
             if value:
-                argv.append(flag)
-        elif kind == "_AppendAction":
+                argv.append(option)
+        elif spec.repeated:
             for v in value if isinstance(value, list) else [value]:
-                argv += [flag, str(v)]
+                argv += [option, str(v)]
         elif isinstance(value, list):
-            argv += [flag, *(str(v) for v in value)]
+            argv += [option, *(str(v) for v in value)]
         elif value is not None:
-            argv += [flag, str(value)]
+            argv += [option, str(value)]
     return argv
 
 
-def check_argv(verb: list[str], argv: list[str], where: str) -> None:
+def check_argv(kind: str, argv: list[str], where: str) -> Any:
     """Parse with the verb's own parser (types, choices, required flags) without running it."""
     import contextlib
     import io
 
-    from slimkit.cli import build_parser
-
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            build_parser().parse_args([*verb, *argv])
+            return verb_parser(kind).parse_args(argv)
     except SystemExit:
         message = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "invalid options"
         raise SlimkitError(f"{where}: {message.split(': error: ', 1)[-1]}") from None
 
 
+def _parse(stage: Stage, file: str) -> Any:
+    """The stage's options parsed by its verb's flags, placeholder paths standing for its input and output."""
+    out = [] if stage.kind in ("eval", "profile") else ["-o", "OUT"]
+    return check_argv(stage.kind, ["IN", *out, *option_argv(stage, file)], f"{file}:{stage.line}")
+
+
+def stage_config(stage: Stage, file: str) -> Any:
+    """The verb's config (slimkit.configs) that the stage's options describe, validated; None for the
+    verbs without one (eval, package-ollama)."""
+    where = f"{file}:{stage.line}"
+    args = _parse(stage, file)
+    build = config_builder(stage.kind)
+    try:
+        return build(args) if build else None
+    except SlimkitError as exc:
+        raise SlimkitError(f"{where}: {exc}") from None
+
+
 def check_stage(stage: Stage, earlier: list[str], file: str) -> None:
-    """Options, types and choices against the verb's own parser, with placeholder paths."""
+    """Options, types and choices against the verb's flags, with placeholder paths (the config's own
+    checks: stage_config)."""
     where = f"{file}:{stage.line}"
     if stage.input is not None and stage.input not in ("teacher", "load", *earlier):
         raise SlimkitError(f"{where}: stage {stage.name!r}: input {stage.input!r} is not an earlier stage")
-    out = [] if stage.kind in ("eval", "profile") else ["-o", "OUT"]
-    check_argv(VERBS[stage.kind], ["IN", *out, *option_argv(stage, file)], where)
+    _parse(stage, file)
     if stage.kind == "profile":
         from devices.specs import profile_names
 
