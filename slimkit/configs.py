@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 from compress import config_io
 from compress.distill.config import DistillConfig
 from compress.errors import SlimkitError
-from compress.prune.api import PruneConfig
 from compress.quant.plans import QATPlan
 from export.gguf.config import GGUFConfig
 from export.onnx.config import OnnxExportConfig as OnnxConfig
@@ -22,6 +21,14 @@ from export.onnx.config import OnnxExportConfig as OnnxConfig
 __all__ = ["DistillConfig", "GGUFConfig", "OnnxConfig", "ProfileConfig", "PruneConfig", "QATConfig", "QATPlan"]
 
 PROFILE_RUNTIMES = ("llama.cpp", "onnxruntime")   # devices.profile.RUNTIMES (checked by a test)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PruneConfig":   # compress.prune imports torch: only when asked for (the CLI's profile does not)
+        from compress.prune.api import PruneConfig
+
+        return PruneConfig
+    raise AttributeError(f"module 'slimkit.configs' has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

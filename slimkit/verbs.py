@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from compress.errors import SlimkitError
-from slimkit.configs import DistillConfig, GGUFConfig, OnnxConfig, ProfileConfig, PruneConfig, QATConfig
+from slimkit.configs import DistillConfig, GGUFConfig, OnnxConfig, ProfileConfig, QATConfig
 
 Model = Any  # Checkpoint | (model, tokenizer) | str | os.PathLike
 
@@ -40,10 +40,10 @@ def _check(config: Any, cls: type, verb: str) -> None:
                            f"got {type(config).__name__}")
 
 
-def prune(model: Model, config: PruneConfig, *, progress: bool = True, on_plan: Any = None) -> Any:
-    """Structured pruning per `config` (compress.prune); the stage is recorded in the history."""
+def prune(model: Model, config: Any, *, progress: bool = True, on_plan: Any = None) -> Any:
+    """Structured pruning per `config`, a PruneConfig (compress.prune); the stage is recorded in the history."""
     from compress.checkpoint import record_stage
-    from compress.prune import prune as prune_checkpoint
+    from compress.prune import PruneConfig, prune as prune_checkpoint
 
     _check(config, PruneConfig, "prune")
     res = prune_checkpoint(as_checkpoint(model), config, progress=progress, on_plan=on_plan)
