@@ -2,7 +2,8 @@
 
 Models smollm2-135m-instruct (fractions 0.1, 0.25, 0.4) and gemma3-270m (0.25); calibration on the
 head of TinyStories train; perplexity in torch on WikiText-2 valid (16 windows of 512, the protocol
-of `slimkit eval`). Per model and fraction of non-embedding parameters removed:
+of `slimkit eval`). Per model and fraction of non-embedding parameters removed (calibration
+`tinystories` unless the row says `calib: self`: text sampled from the model, `--calib self`):
 - the shape is searched once with minitron scores and no recovery (as `slimkit prune --target-params
   --recover none` does), and every width method (minitron, taylor, magnitude, random) is applied to
   that same shape, with `recover` none and ls (least-squares refits, compress.prune.recover);
@@ -10,7 +11,8 @@ of `slimkit eval`). Per model and fraction of non-embedding parameters removed:
   (`ls` and `cosine` objective; blocks chosen for bridging among contiguous spans and block scores);
 - `search+ls`: the product path, `slimkit prune --target-params (1 - f) --calib ...` with recovery
   by default: its own calibration pass, the shape search over width and depth candidates, each
-  repaired before it is ranked. Its wall time at 25% is `prune_75_seconds`.
+  repaired before it is ranked. Its wall time at 25% is `prune_75_seconds`;
+- self-calibration rows: search+ls, minitron and block-influence (none and ls) on the model's own samples.
 Rows are cached in build/bench_prune/<model>/rows.json, so an interrupted run continues;
 `--cached-only` writes the result from the rows made so far and lists the rest as not run.
 
@@ -42,19 +44,22 @@ RECOVER = {"none": {"recover": "none"}, "ls": {"recover": "ls", "recover_target"
            "ls-dense": {"recover": "ls", "recover_target": "dense"}}   # ls: the product default (local targets)
 
 
-def _plan(frac: float) -> list[tuple[str, str, str]]:
-    """(method, recover, bridge) rows at one fraction."""
+def _plan(frac: float) -> list[tuple[str, str, str, str]]:
+    """(method, recover, bridge, calib) rows at one fraction."""
     # the headline rows first (minitron, depth, the product path), then the other importance criteria
     rows = [("minitron", r, "ls") for r in ("none", "ls")]
     rows += [("block-influence", "none", "ls"), ("block-influence", "ls", "ls"), ("block-influence", "ls", "cosine"),
              ("search+ls", "ls", "ls")]
     if frac == 0.25:   # local against dense targets, at the headline fraction
         rows += [("minitron", "ls-dense", "ls"), ("block-influence", "ls-dense", "ls")]
-    return rows + [(m, r, "ls") for m in WIDTH_METHODS[1:] for r in ("none", "ls")]
+    rows = [(*r, "tinystories") for r in rows + [(m, r, "ls") for m in WIDTH_METHODS[1:] for r in ("none", "ls")]]
+    # self-calibration (`--calib self`): the headline methods, with and without recovery
+    return rows + [(m, r, "ls", "self") for m in ("search+ls", "minitron", "block-influence")
+                   for r in (("ls",) if m == "search+ls" else ("none", "ls"))]
 
 
-def _key(method: str, frac: float, recover: str, bridge: str) -> str:
-    return f"{method}|{frac:g}|{recover}|{bridge}"
+def _key(method: str, frac: float, recover: str, bridge: str, calib: str = "tinystories") -> str:
+    return f"{method}|{frac:g}|{recover}|{bridge}" + ("" if calib == "tinystories" else f"|{calib}")
 
 
 class Rows:
@@ -91,7 +96,7 @@ def _earlier(model: str) -> dict[str, dict]:
         if recover == "ls" and "recover_target" not in r:
             recover = "ls-dense"
             r = {**r, "recover": recover, "recover_target": "dense"}
-        out[_key(r["method"], r["removed_fraction"], recover, r.get("bridge") or "ls")] = \
+        out[_key(r["method"], r["removed_fraction"], recover, r.get("bridge") or "ls", r.get("calib", "tinystories"))] = \
             {**r, "measured_at_commit": r.get("measured_at_commit", commit)}
     return out
 
@@ -105,7 +110,7 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
     from compress.prune.api import calibration_windows
     from compress.prune.importance import score
 
-    todo = [(f, *p) for f in fractions for p in _plan(f) if _key(p[0], f, p[1], p[2]) not in rows.rows]
+    todo = [(f, *p) for f in fractions for p in _plan(f) if _key(p[0], f, *p[1:]) not in rows.rows]
     if not todo and "dense" in rows.rows:
         return
     torch.manual_seed(0)
@@ -121,20 +126,26 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
     if "dense" not in rows.rows:
         rows.put("dense", {"ppl": ppl(dense.model), "ppl_in_domain": ppl_in_domain(dense.model)})
     print(f"{name}: dense ppl {rows.rows['dense']['ppl']}", flush=True)
-    base = dict(calib=str(CALIB), calib_tokens=args.calib_tokens)
-    windows = calibration_windows(PruneConfig(method="minitron", target_params=1.0, **base), dense.tokenizer)
-    scores: dict[str, object] = {}
-    shapes: dict[float, dict] = {}
+    calibs = {"tinystories": str(CALIB), "self": "self"}
+    windows: dict[str, object] = {}
+    scores: dict[tuple[str, str], object] = {}
+    shapes: dict[tuple[float, str], dict] = {}
 
-    def scores_for(method: str):
-        if method not in scores:
+    def scores_for(method: str, calib: str):
+        if calib not in windows:
+            windows[calib] = calibration_windows(PruneConfig(method="minitron", target_params=1.0, calib=calibs[calib],
+                                                             calib_tokens=args.calib_tokens), dense.tokenizer,
+                                                 dense.model)
+        if (method, calib) not in scores:
             t = time.perf_counter()
-            scores[method] = score(dense.model, method, windows, progress=False)
-            rows.rows.setdefault("score_seconds", {})[method] = round(time.perf_counter() - t, 2)
-        return scores[method]
+            scores[method, calib] = score(dense.model, method, windows[calib], progress=False)
+            key = method if calib == "tinystories" else f"{method} ({calib})"
+            rows.rows.setdefault("score_seconds", {})[key] = round(time.perf_counter() - t, 2)
+        return scores[method, calib]
 
-    for frac, method, recover, bridge in todo:
+    for frac, method, recover, bridge, calib in todo:
         keep = round(1 - frac, 6)
+        base = dict(calib=calibs[calib], calib_tokens=args.calib_tokens)
         start = time.perf_counter()
         if method == "search+ls":   # the product path: everything inside prune(), timed
             res = prune(copy.deepcopy(dense), PruneConfig(method="minitron", target_params=keep, **base),
@@ -142,18 +153,18 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
         elif method == "block-influence":
             res = prune(copy.deepcopy(dense), PruneConfig(method=method, target_params=keep, bridge=bridge,
                                                           **RECOVER[recover], **base),
-                        scores=scores_for(method), progress=False)
+                        scores=scores_for(method, calib), progress=False)
         else:
-            if frac not in shapes:
+            if (frac, calib) not in shapes:
                 search = prune(copy.deepcopy(dense), PruneConfig(method="minitron", target_params=keep, recover="none",
-                                                                 **base), scores=scores_for("minitron"), plan_only=True,
-                               progress=False)
-                shapes[frac] = search.plan.shape.as_dict()
-            res = prune(copy.deepcopy(dense), PruneConfig(method=method, shape=shapes[frac], **RECOVER[recover], **base),
-                        scores=scores_for(method), progress=False)
+                                                                 **base), scores=scores_for("minitron", calib),
+                               plan_only=True, progress=False)
+                shapes[frac, calib] = search.plan.shape.as_dict()
+            res = prune(copy.deepcopy(dense), PruneConfig(method=method, shape=shapes[frac, calib], **RECOVER[recover],
+                                                          **base), scores=scores_for(method, calib), progress=False)
         seconds = time.perf_counter() - start
         m = res.stage["metrics"]
-        row = {"model": name, "method": method, "removed_fraction": frac, "recover": recover,
+        row = {"model": name, "method": method, "removed_fraction": frac, "recover": recover, "calib": calib,
                "bridge": bridge if method in ("block-influence", "search+ls") and recover != "none" else None,
                "recover_target": RECOVER[recover].get("recover_target"),
                "params": res.plan.params, "actual_removed_fraction": round(res.plan.removed_fraction, 4),
@@ -167,7 +178,7 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
                               for b in res.stage["recovery"]["bridges"]]
         if method == "search+ls":
             row["candidates"] = res.plan.to_dict()["candidates"]
-        rows.put(_key(method, frac, recover, bridge), row)
+        rows.put(_key(method, frac, recover, bridge, calib), row)
         print({k: v for k, v in row.items() if k != "candidates"}, flush=True)
         del res
 
@@ -183,11 +194,11 @@ def summarize(args) -> dict:
                                    "dense_ppl_in_domain": rows.rows["dense"].get("ppl_in_domain"),
                                    "score_seconds": rows.rows.get("score_seconds", {})}
         for f in fractions:
-            for method, recover, bridge in _plan(f):
-                r = rows.rows.get(_key(method, f, recover, bridge))
+            for method, recover, bridge, calib in _plan(f):
+                r = rows.rows.get(_key(method, f, recover, bridge, calib))
                 if r is None:
                     out["not_run"].append({"model": name, "method": method, "removed_fraction": f, "recover": recover,
-                                           "bridge": bridge})
+                                           "bridge": bridge, "calib": calib})
                 else:
                     out["rows"].append(r)
     main_model = "smollm2-135m-instruct"
@@ -202,10 +213,11 @@ def summarize(args) -> dict:
         best = min(fixed, key=lambda r: r["ppl"])
         out["ppl_25_recovered"] = best["ppl"]
         out["recovery_seconds"] = best["recovery_seconds"]
-        out["ppl_25_recovered_row"] = {k: best.get(k) for k in ("method", "recover", "recover_target", "bridge", "shape")}
+        out["ppl_25_recovered_row"] = {k: best.get(k, "tinystories" if k == "calib" else None)
+                                       for k in ("method", "recover", "recover_target", "bridge", "calib", "shape")}
         if "dense_ppl" in out:
             out["ppl_25_recovered_ratio"] = round(best["ppl"] / out["dense_ppl"], 3)
-    product = [r for r in at25 if r["method"] == "search+ls"]
+    product = [r for r in at25 if r["method"] == "search+ls" and r.get("calib", "tinystories") == "tinystories"]
     if product:
         out["prune_75_seconds"] = product[0]["prune_seconds"]
     return out
@@ -233,7 +245,9 @@ def main() -> None:
         "params_counted": "non-embedding (blocks + final norm)",
         "ppl_protocol": f"torch, {args.windows} windows of 512 tokens of {EVAL.name}; `ppl_in_domain`: "
                         f"{IN_DOMAIN_WINDOWS} windows of {IN_DOMAIN.name} (held-out text of the calibration domain)",
-        "calibration": f"{args.calib_tokens} tokens of {CALIB.name} in windows of 512 (recovery: the first 8192)",
+        "calibration": f"{args.calib_tokens} tokens in windows of 512 (recovery: the first 8192) of {CALIB.name} "
+                       "(calib tinystories) or sampled from the model itself, seed 0, T=1 (calib self: "
+                       "`slimkit prune --calib self`)",
         "shape_protocol": "per fraction, minitron shape search (no recovery) over depth/width candidates by "
                           "calibration loss; taylor, magnitude and random pruned to that same shape; block-influence "
                           "removes blocks to the same target; search+ls is the full `slimkit prune` path with recovery",

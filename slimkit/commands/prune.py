@@ -32,8 +32,9 @@ PRUNE_FLAGS = (
     flag("--method", default="minitron", choices=["minitron", "taylor", "magnitude", "random", "block-influence"],
          help="importance: calibration activations (minitron), first-order Taylor, weight magnitude, "
               "random; block-influence removes whole blocks only"),
-    flag("--calib", type=Path, default=None, help="calibration text (.txt or .gz); needed by minitron, "
-         "taylor, block-influence, and by the shape search"),
+    flag("--calib", type=Path, default=None, help="calibration text (.txt or .gz), or `self`: text sampled "
+         "from the model itself (seeded by --seed); needed by minitron, taylor, block-influence, and by the shape "
+         "search"),
     flag("--calib-tokens", type=int, default=16384, help="calibration tokens (default 16384)"),
     flag("--calib-ctx", type=int, default=512, help="calibration window length (default 512)"),
     flag("--align", type=int, default=32, help="round pruned widths to multiples of N (32 suits Q4_0/Q8_0 "
