@@ -1,6 +1,6 @@
 """Training checkpoints that resume exactly: student weights (a normal slimkit checkpoint written by
 compress.checkpoint.save), projections, optimizer, scheduler, RNG states and the step (the data
-position follows from the step: see trainer.window_order).
+position follows from the step: see compress.distill.order.window_order).
 
     <OUT>.state/checkpoints/step-000120/student/      HF directory + slimkit.json
     <OUT>.state/checkpoints/step-000120/trainer.pt    everything else (torch.save of plain types)

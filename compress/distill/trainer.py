@@ -1,35 +1,28 @@
 """The distillation loop: AdamW, linear warmup then cosine, gradient accumulation, bf16 autocast
-where supported, clipping, periodic evaluation and checkpoints, exact resume, DDP.
-
-Data order: window positions form one stream over epochs; epoch e visits the training windows
-in the order randperm(N, seed + e). Optimizer step s uses stream positions [s*B, (s+1)*B); on
-a world of W ranks with micro-batch m, micro-step j of rank r takes positions
-s*B + j*W*m + r*m + [0, m). The order depends on the step only, so resuming at step s
-continues with exactly the windows an uninterrupted run would have used, and a world of 2 sees
-the same global batch as a world of 1.
+where supported, clipping, periodic evaluation and checkpoints, exact resume, DDP. The data it
+sees, and in which order: compress.distill.order.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import random
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from compress.checkpoint import Checkpoint, load, save
-from compress.data import Corpus, load_corpus, teacher_corpus
+from compress.data import Corpus
 from compress.evaluate import safe_exp
 from compress.distill import fingerprint as fingerprints
 from compress.distill import losses
 from compress.distill.config import DistillConfig
 from compress.distill.caches import cache_complete, cache_identity, open_caches
 from compress.distill.objective import DistillModule, compute_loss, prepare_teachers
+from compress.distill.order import (autocast_for, run_corpus, seed_all, micro_positions, training_weights,
+                                    training_windows, trim_padding, window_order)
 from compress.distill.parallel import Dist
 from compress.distill.state import PREFIX, checkpoints, restore_checkpoint, save_checkpoint, state_dir
 from compress.distill.teachers import Teacher, TeacherSpec, load_teacher
@@ -47,83 +40,6 @@ class DistillResult:
     tokens_per_s: float
     evals: list[dict[str, Any]] = field(default_factory=list)
     main_rank: bool = True  # under torchrun only rank 0 reports
-
-
-@lru_cache(maxsize=4)
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def window_order(positions: Sequence[int], n: int, seed: int) -> list[int]:
-    return [int(_epoch_order(n, seed, p // n)[p % n]) for p in positions]
-
-
-def micro_positions(step: int, micro: int, rank: int, world: int, cfg: DistillConfig) -> list[int]:
-    start = step * cfg.batch_size + micro * world * cfg.micro_batch + rank * cfg.micro_batch
-    return list(range(start, start + cfg.micro_batch))
-
-
-def _autocast(cfg: DistillConfig, device: torch.device) -> Callable[[], Any]:
-    use = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
-                                      and torch.cuda.is_bf16_supported())
-    if not use:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _corpus(data: Sequence[str | Path], tokenizer: Any, teachers: Sequence[Teacher], cfg: DistillConfig,
-            state: Path, dist: Dist, progress: bool) -> Corpus:
-    if data:
-        return load_corpus(data, tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.seed)
-    if not teachers or teachers[0].model is None:
-        raise SlimkitError("no --data and no teacher to sample a data-free corpus from; give --data FILE or a --teacher")
-    path = state / "data_free_corpus.pt"  # sampled once (rank 0), reused by the other ranks and on resume
-    if dist.main and not path.is_file():
-        corpus = teacher_corpus(teachers[0].model, tokenizer, cfg.data_free_tokens or cfg.tokens, cfg.seq_len,
-                                cfg.heldout_fraction, cfg.seed, progress=progress)
-        state.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"train": corpus.train, "heldout": corpus.heldout, "source": corpus.source}, tmp)
-        tmp.replace(path)
-    dist.barrier()
-    saved = torch.load(path, weights_only=True)
-    return Corpus(saved["train"], saved["heldout"], saved["source"])
-
-
-def _kept(n: int, cfg: DistillConfig) -> torch.Tensor | None:
-    needed = cfg.steps * cfg.batch_size
-    if needed >= n:
-        return None
-    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:needed].sort().values
-
-
-def training_windows(corpus: Corpus, cfg: DistillConfig) -> torch.Tensor:
-    """The windows the budget will visit: all of them when the budget covers an epoch, else a
-    seeded subset (so a logit cache is only built for windows that are used)."""
-    keep = _kept(corpus.train.shape[0], cfg)
-    return corpus.train if keep is None else corpus.train[keep]
-
-
-def training_weights(corpus: Corpus, cfg: DistillConfig) -> torch.Tensor | None:
-    """The per-token weights of training_windows (None for plain language modelling)."""
-    if corpus.train_weights is None:
-        return None
-    keep = _kept(corpus.train.shape[0], cfg)
-    return corpus.train_weights if keep is None else corpus.train_weights[keep]
-
-
-def trim_padding(ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the trailing columns that carry no weight in any row of a prompt -> target batch. The
-    model is causal, so the kept positions' logits and the loss are unchanged; only the compute of
-    right padding is saved (one example per window: most of a window is padding)."""
-    used = torch.nonzero(weights.ne(0).any(0))
-    n = int(used[-1]) + 1 if used.numel() else 1
-    return ids[:, :n], weights[:, :n]
 
 
 @torch.no_grad()
@@ -208,7 +124,7 @@ class _Run:
         self.stage, self.fingerprint = stage, fingerprint or {}
         self.progress = progress and dist.main
         self.accum = cfg.accumulation(dist.world)
-        _seed_all(cfg.seed)
+        seed_all(cfg.seed)
         self.ckpt: Checkpoint = load(student_source)
         self.ckpt.history = {**self.ckpt.history, "source": self.ckpt.history.get("source", str(student_source))}
         self.ckpt.quant = None  # training changes the weights: blocks of an earlier QAT no longer apply
@@ -222,15 +138,15 @@ class _Run:
             prepare_qat(student, qat, init=init)
         for p in student.parameters():
             p.requires_grad_(True)
-        self.autocast = _autocast(cfg, dist.device)
+        self.autocast = autocast_for(cfg, dist.device)
         tok = self.ckpt.tokenizer
         identities = [cache_identity(s, tok) for s in specs] if cfg.logit_cache else [""] * len(specs)
         self.teachers: list[Teacher] = []
         if corpus is None and not data:   # data-free: the teachers sample the corpus
             self.teachers = [load_teacher(s, tok, dist.device) for s in specs]
-            corpus = _corpus(data, tok, self.teachers, cfg, self.state, dist, self.progress)
+            corpus = run_corpus(data, tok, self.teachers, cfg, self.state, dist, self.progress)
         elif corpus is None:
-            corpus = _corpus(data, tok, [], cfg, self.state, dist, self.progress)
+            corpus = run_corpus(data, tok, [], cfg, self.state, dist, self.progress)
         self.corpus_source = corpus.source
         self.train_windows, self.heldout = training_windows(corpus, cfg), corpus.heldout
         if not self.teachers:   # a teacher whose logit caches are complete is never loaded

@@ -130,7 +130,7 @@ def test_trim_padding_keeps_the_loss_and_drops_only_unweighted_columns():
     from conftest import tiny_llama
 
     from compress.distill.objective import DistillModule, compute_loss
-    from compress.distill.trainer import trim_padding
+    from compress.distill.order import trim_padding
 
     tok = _tok()
     corpus, _ = build_corpus(mc_records(8), {}, {"palm": 1.0}, tok, seq_len=256, heldout_fraction=0)
