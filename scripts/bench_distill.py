@@ -289,7 +289,8 @@ def _write(a: argparse.Namespace, m: dict, row: dict | None) -> dict:
            "student": f"{TEACHER} pruned 25% non-embedding ({row['method']}, recover {row.get('recover')})"
            if row else a.student, "teacher": TEACHER, "train_data": " + ".join(TRAIN),
            "eval_data": f"{EVAL}, {a.eval_windows} x 512",
-           "protocol": f"seq_len {a.seq_len}, {a.batch_size} windows/step (micro-batch {a.micro_batch}), AdamW lr "
+           "protocol": f"precision auto (bf16 autocast on a CPU with native bf16), seq_len {a.seq_len}, "
+                       f"{a.batch_size} windows/step (micro-batch {a.micro_batch}), AdamW lr "
                        f"{a.lr}, warmup 5% + cosine, T=1, top-k {a.top_k}, sampled K {SAMPLED_K}, block-wise "
                        f"{BLOCKWISE_TOKENS} tokens; throughput: {a.steps} timed steps of {a.tp_batch} x {a.seq_len} "
                        f"tokens, {a.rounds} rounds, medians",

@@ -25,11 +25,12 @@ def render_prune(doc: dict, header: Callable, table: Callable) -> list[str]:
     if "ppl_25_recovered_row" in m:
         r = m["ppl_25_recovered_row"]
         lines += [f"Best recovered row at 25%: {r['method']} (recover {r['recover']}, target "
-                  f"{r.get('recover_target') or 'dense'}, bridge {r['bridge']}), "
+                  f"{r.get('recover_target') or 'dense'}, bridge {r['bridge']}, calibration "
+                  f"{r.get('calib') or 'tinystories'}), "
                   f"shape {_dims(r['shape'])}.", ""]
     rows = [[r["model"], f"{r['removed_fraction']:.0%}", r["method"], r["recover"]
              + (f" ({r['recover_target']})" if r.get("recover_target") and r["recover"] == "ls" else ""),
-             r.get("bridge") or "",
+             r.get("bridge") or "", r.get("calib", "tinystories"),
              _dims(r["shape"]), f"{r['params']:,}", r["ppl"], r.get("ppl_in_domain", ""), r["calib_loss_pruned"], r["calib_loss"],
              r.get("recovery_seconds") or "", r["prune_seconds"]] for r in m["rows"]]
     if any("measured_at_commit" in r for r in m["rows"]):
@@ -38,11 +39,13 @@ def render_prune(doc: dict, header: Callable, table: Callable) -> list[str]:
         for row, r in zip(rows, m["rows"]):
             if "measured_at_commit" in r:
                 row[2] += " *"
-    lines += table(["model", "removed", "method", "recover", "bridge", "shape (layers/hidden/ffn/heads/kv)",
+    lines += table(["model", "removed", "method", "recover", "bridge", "calib", "shape (layers/hidden/ffn/heads/kv)",
                     "params", "ppl", "ppl in-domain", "calib loss pruned", "calib loss", "recovery s", "prune s"], rows)
     if m.get("not_run"):
         lines += ["", "Not run yet: " + "; ".join(f"{r['model']} {r['method']} {r['removed_fraction']:.0%} "
-                                                  f"recover {r['recover']}" for r in m["not_run"]) + "."]
+                                                  f"recover {r['recover']}"
+                                                  + (f" calib {r['calib']}" if r.get("calib", "tinystories") != "tinystories"
+                                                     else "") for r in m["not_run"]) + "."]
     return lines + [""]
 
 

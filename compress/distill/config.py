@@ -26,7 +26,7 @@ class DistillConfig:
     eval_windows: int = 16  # held-out windows scored per evaluation (at most)
     save_every: int = 0  # optimizer steps; 0 = no intermediate checkpoints
     keep_checkpoints: int = 2
-    precision: str = "auto"  # auto = bf16 autocast on CUDA with bf16 support, else fp32
+    precision: str = "auto"  # auto = bf16 autocast on CUDA with bf16 and on CPUs with native bf16, else fp32
     seed: int = 0
     heldout_fraction: float = 0.05
     logit_cache: str | None = None  # directory of the offline teacher-logit cache

@@ -37,9 +37,24 @@ def micro_positions(step: int, micro: int, rank: int, world: int, cfg: DistillCo
     return list(range(start, start + cfg.micro_batch))
 
 
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), read from /proc/cpuinfo;
+    False where it cannot be read (then bf16 would be emulated, and slower than fp32)."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def autocast_for(cfg: DistillConfig, device: torch.device) -> Callable[[], Any]:
-    use = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
-                                      and torch.cuda.is_bf16_supported())
+    """bf16 autocast when asked for, or with --precision auto (the default) on CUDA with bf16 and on
+    CPUs with native bf16: there, measured on the 2-core AVX-512 BF16 EPYC (1 thread, 135M student,
+    cached top-64 KD, 2 x 512 tokens a step), a step took 4.9 s against 9.8 s in fp32, with a loss
+    within 0.3% of fp32's over the first steps (the stated tolerance: 1%)."""
+    auto = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (device.type == "cpu" and cpu_has_bf16())
+    use = cfg.precision == "bf16" or (cfg.precision == "auto" and auto)
     if not use:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)

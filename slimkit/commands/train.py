@@ -37,7 +37,9 @@ TRAINING_FLAGS = (   # the flags `slimkit distill` and `slimkit qat` share
     flag("--lr", type=float, default=1e-4),
     flag("--eval-every", type=int, default=0, help="evaluate every N steps (0 = at the end)"),
     flag("--save-every", type=int, default=0, help="checkpoint every N steps (0 = never)"),
-    flag("--precision", choices=["auto", "fp32", "bf16"], default="auto"),
+    flag("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+         help="auto (default): bf16 autocast on CUDA with bf16 and on CPUs with native bf16 (AVX-512 BF16, AMX), "
+              "else fp32"),
     flag("--seed", type=int, default=0),
     flag("--data-free-tokens", type=int, default=None, help="size of the sampled corpus without --data"),
     flag("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT.state"),

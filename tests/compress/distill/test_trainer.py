@@ -182,3 +182,20 @@ def test_gemma3_student_and_teacher_with_every_loss():
     parts.total.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert student.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(monkeypatch):
+    from compress.distill import order
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(order, "cpu_has_bf16", lambda native=native: native)
+        ctx = order.autocast_for(DistillConfig(tokens=64, seq_len=32, precision="auto"), cpu)()
+        assert isinstance(ctx, torch.autocast) == native
+        if native:
+            with ctx:
+                assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+        assert not isinstance(order.autocast_for(DistillConfig(tokens=64, seq_len=32, precision="fp32"), cpu)(),
+                              torch.autocast)
+        assert isinstance(order.autocast_for(DistillConfig(tokens=64, seq_len=32, precision="bf16"), cpu)(),
+                          torch.autocast)
