@@ -244,7 +244,7 @@ def main() -> None:
         **summarize(args),
         "params_counted": "non-embedding (blocks + final norm)",
         "ppl_protocol": f"torch, {args.windows} windows of 512 tokens of {EVAL.name}; `ppl_in_domain`: "
-                        f"{IN_DOMAIN_WINDOWS} windows of {IN_DOMAIN.name} (held-out text of the calibration domain)",
+                        f"{IN_DOMAIN_WINDOWS} windows of {IN_DOMAIN.name} (held-out text of the TinyStories calibration's domain)",
         "calibration": f"{args.calib_tokens} tokens in windows of 512 (recovery: the first 8192) of {CALIB.name} "
                        "(calib tinystories) or sampled from the model itself, seed 0, T=1 (calib self: "
                        "`slimkit prune --calib self`)",
