@@ -96,8 +96,8 @@ def _earlier(model: str) -> dict[str, dict]:
         if recover == "ls" and "recover_target" not in r:
             recover = "ls-dense"
             r = {**r, "recover": recover, "recover_target": "dense"}
-        out[_key(r["method"], r["removed_fraction"], recover, r.get("bridge") or "ls", r.get("calib", "tinystories"))] = \
-            {**r, "measured_at_commit": r.get("measured_at_commit", commit)}
+        key = _key(r["method"], r["removed_fraction"], recover, r.get("bridge") or "ls", r.get("calib", "tinystories"))
+        out[key] = {**r, "measured_at_commit": r.get("measured_at_commit", commit)}
     return out
 
 
@@ -184,8 +184,11 @@ def run_model(name: str, fractions: list[float], args, rows: Rows) -> None:
 
 
 def summarize(args) -> dict:
+    """The result over every model and fraction of the protocol (and any extra fraction run), so a
+    run restricted by --models/--fractions still writes the whole file (other rows: cached)."""
     out: dict = {"models": {}, "rows": [], "not_run": []}
-    for name, fractions in args.models.items():
+    report = {m: sorted(set(MODELS[m]) | set(args.models.get(m, []))) for m in MODELS}
+    for name, fractions in report.items():
         rows = Rows(args.work / name / "rows.json", name)
         if "dense" in rows.rows:
             out["models"][name] = {"dense_ppl": rows.rows["dense"]["ppl"],
@@ -244,7 +247,8 @@ def main() -> None:
         **summarize(args),
         "params_counted": "non-embedding (blocks + final norm)",
         "ppl_protocol": f"torch, {args.windows} windows of 512 tokens of {EVAL.name}; `ppl_in_domain`: "
-                        f"{IN_DOMAIN_WINDOWS} windows of {IN_DOMAIN.name} (held-out text of the TinyStories calibration's domain)",
+                        f"{IN_DOMAIN_WINDOWS} windows of {IN_DOMAIN.name} (held-out text of the TinyStories "
+                        "calibration's domain)",
         "calibration": f"{args.calib_tokens} tokens in windows of 512 (recovery: the first 8192) of {CALIB.name} "
                        "(calib tinystories) or sampled from the model itself, seed 0, T=1 (calib self: "
                        "`slimkit prune --calib self`)",

@@ -11,6 +11,10 @@ def _dims(shape: dict) -> str:
     return "/".join(str(shape.get(k, "?")) for k in ("layers", "hidden", "ffn", "heads", "kv_heads"))
 
 
+def _calib_suffix(r: dict) -> str:
+    return f" calib {r['calib']}" if r.get("calib", "tinystories") != "tinystories" else ""
+
+
 def render_prune(doc: dict, header: Callable, table: Callable) -> list[str]:
     m = doc["metrics"]
     if m.get("rows") and "recover" not in m["rows"][0]:   # written before recovery existed
@@ -44,8 +48,7 @@ def render_prune(doc: dict, header: Callable, table: Callable) -> list[str]:
     if m.get("not_run"):
         lines += ["", "Not run yet: " + "; ".join(f"{r['model']} {r['method']} {r['removed_fraction']:.0%} "
                                                   f"recover {r['recover']}"
-                                                  + (f" calib {r['calib']}" if r.get("calib", "tinystories") != "tinystories"
-                                                     else "") for r in m["not_run"]) + "."]
+                                                  + _calib_suffix(r) for r in m["not_run"]) + "."]
     return lines + [""]
 
 
