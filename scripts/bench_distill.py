@@ -200,8 +200,11 @@ def main() -> None:
         row = best_prune_row()
         a.student = str(a.work / "student")
         if not (a.work / "student" / "slimkit.json").is_file():
-            _slimkit("prune", TEACHER, "-o", a.student, "--target-params", "0.75", "--method", row["method"],
-                     "--recover", row.get("recover") or "ls", "--calib", str(SHARED_DATA / "text" / TRAIN[0]))
+            method = "minitron" if row["method"] == "search+ls" else row["method"]   # search+ls: the default path
+            calib = "self" if row.get("calib") == "self" else str(SHARED_DATA / "text" / TRAIN[0])
+            _slimkit("prune", TEACHER, "-o", a.student, "--target-params", "0.75", "--method", method,
+                     "--recover", "ls" if row.get("recover", "ls").startswith("ls") else "none", "--calib", calib,
+                     "--calib-tokens", "8192")   # prune.json's calibration budget
     if a.eval_windows != 16 or a.tokens < 200_000:
         a.smoke = True  # not the protocol: never written as the result
     run_all(a, row)
@@ -261,6 +264,7 @@ def run_all(a: argparse.Namespace, row: dict | None) -> dict:
         done["throughput"] = throughput(a)
         ppl_path.write_text(json.dumps(done, indent=2))
     m.update(done.get("throughput", {}))
+    _write(a, m, row)
     data = [str(SHARED_DATA / "text" / f) for f in TRAIN]
     seconds = done.setdefault("seconds", {})
     for name in a.variants:
@@ -286,7 +290,8 @@ def _write(a: argparse.Namespace, m: dict, row: dict | None) -> dict:
     measured_at = json.loads((a.work / "ppl.json").read_text()).get("measured_at", {})
     not_run = [v for v in VARIANTS if f"ppl_{v}" not in m] + ([] if "throughput_ratio" in m else ["throughput"])
     out = {**m, **({"measured_at": measured_at} if measured_at else {}), "not_run": not_run,
-           "student": f"{TEACHER} pruned 25% non-embedding ({row['method']}, recover {row.get('recover')})"
+           "student": f"{TEACHER} pruned 25% non-embedding ({row['method']}, recover {row.get('recover')}, "
+                      f"calibration {row.get('calib', 'tinystories')})"
            if row else a.student, "teacher": TEACHER, "train_data": " + ".join(TRAIN),
            "eval_data": f"{EVAL}, {a.eval_windows} x 512",
            "protocol": f"precision auto (bf16 autocast on a CPU with native bf16), seq_len {a.seq_len}, "
