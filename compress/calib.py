@@ -292,8 +292,6 @@ def calibration_windows(model: nn.Module, tokenizer: Any, paths: Sequence[str | 
     Files: each packed like training text (compress.data), windows taken from the files in turn
     (deterministic). 
     No files: sampled from the model (data-free calibration, seeded)."""
-    from compress import data
-
     if tokens < MIN_CALIB_TOKENS:
         raise SlimkitError(f"--calib-tokens {tokens} is too few; give at least {MIN_CALIB_TOKENS}")
     if paths:
@@ -307,7 +305,17 @@ def calibration_windows(model: nn.Module, tokenizer: Any, paths: Sequence[str | 
                                f"give at least {MIN_CALIB_TOKENS} tokens (a longer --calib file)")
         source = ", ".join(str(p) for p in paths)
     else:
-        corpus = data.teacher_corpus(model, tokenizer, tokens, seq_len, heldout_fraction=0.0, seed=seed)
-        windows, source = corpus.train, corpus.source
+        windows, source = model_windows(model, tokenizer, tokens, seq_len, seed)
     n = max(1, tokens // seq_len)
     return windows[:n], source
+
+
+def model_windows(model: nn.Module, tokenizer: Any, tokens: int, seq_len: int, seed: int = 0,
+                  batch_size: int = 4) -> tuple[torch.Tensor, str]:
+    """Calibration windows sampled from the model itself (data-free calibration, seeded; T=1,
+    `batch_size` sequences at a time), and their description."""
+    from compress import data
+
+    corpus = data.teacher_corpus(model, tokenizer, tokens, seq_len, heldout_fraction=0.0, seed=seed,
+                                 batch_size=batch_size)
+    return corpus.train, corpus.source

@@ -24,7 +24,6 @@ SEARCH_FIT_WINDOWS = 4         # windows a candidate's trial recovery fits on (n
 # elsewhere (prune.json: in-domain perplexity near dense, WikiText far from it); the model's own
 # samples cover what it knows.
 SELF_CALIB = "self"
-SELF_CALIB_TEMPERATURE = 1.0
 DEFAULT_MODE = "ffn+heads+hidden, 0% as blocks"   # the plan when there is no calibration text to search with
 
 
@@ -150,18 +149,16 @@ def _target(cfg: PruneConfig, dense_params: int) -> int:
 
 def calibration_windows(cfg: PruneConfig, tokenizer, model: torch.nn.Module | None = None) -> torch.Tensor:
     """The calibration windows (n, calib_ctx): the head of the --calib text, or with `--calib self`
-    text sampled from the model being pruned (compress.data.teacher_corpus, seeded by --seed)."""
+    text sampled from the model being pruned (compress.calib.model_windows, seeded by --seed)."""
     from compress.evaluate import adds_bos, make_windows, read_text, tokenize_plain
 
     n = cfg.calib_tokens // cfg.calib_ctx
     if cfg.calib == SELF_CALIB:
-        from compress.data import teacher_corpus
+        from compress.calib import model_windows
 
         if model is None:
             raise SlimkitError("--calib self samples its text from the model: pass the model")
-        corpus = teacher_corpus(model, tokenizer, (n + 1) * cfg.calib_ctx, cfg.calib_ctx, heldout_fraction=0.0,
-                                seed=cfg.seed, batch_size=8, temperature=SELF_CALIB_TEMPERATURE)
-        return corpus.train[:n]
+        return model_windows(model, tokenizer, (n + 1) * cfg.calib_ctx, cfg.calib_ctx, cfg.seed, batch_size=8)[0][:n]
     text = read_text(cfg.calib)[: cfg.calib_tokens * 12]     # ~4 characters a token; leaves room
     bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
     windows = make_windows(tokenize_plain(tokenizer, text), cfg.calib_ctx, n, bos)
