@@ -234,7 +234,7 @@ def earlier(a: argparse.Namespace) -> dict:
         return {}
     doc = json.loads(path.read_text())
     m, commit = doc["metrics"], doc.get("git_commit", "unknown")
-    if m.get("tokens") != a.tokens or m.get("eval_data", "").find(f"{a.eval_windows} x 512") < 0:
+    if m.get("tokens") != a.tokens or f"{a.eval_windows} x 512" not in m.get("eval_data", ""):
         return {}
     at = m.get("measured_at", {})
     done: dict = {"seconds": dict(m.get("variant_seconds", {})), "measured_at": {}}
