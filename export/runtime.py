@@ -10,6 +10,7 @@ import numpy as np
 
 from compress import gguf_file
 from compress.errors import SlimkitError
+from export.probe import probe_gguf
 
 
 @contextlib.contextmanager
@@ -40,7 +41,8 @@ class LlamaRunner:
         except ImportError:
             raise SlimkitError("running GGUF files needs llama-cpp-python: pip install 'slimkit[llama]'") from None
         path = Path(path)
-        gguf_file.check(path)  # llama.cpp aborts the process on some corrupt files
+        gguf_file.check(path)  # llama.cpp aborts the process on some corrupt files ...
+        probe_gguf(path)  # ... and on some that pass every check: open it in a child first
         self.n_ctx = n_ctx
         kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if kv_f32 else {}
         with quiet_stderr():

@@ -12,6 +12,7 @@ import numpy as np
 from compress.errors import SlimkitError
 from export.onnx.builder import INSTALL_HINT
 from export.onnx.layout import genai_config, model_path
+from export.probe import probe_onnx
 
 Past = dict[str, np.ndarray]  # "past_key_values.{i}.{key|value}" -> (1, kv_heads, past_len, head_size)
 
@@ -29,6 +30,7 @@ class OnnxRunner:
         path = model_path(self.dir)
         self.layers, self.kv_heads = decoder["num_hidden_layers"], decoder["num_key_value_heads"]
         self.head_size = decoder["head_size"]
+        probe_onnx(self.dir, path)  # ONNX Runtime may end the process on a damaged file: open it in a child first
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
