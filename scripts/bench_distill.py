@@ -17,7 +17,8 @@ Throughput (same trainer, same batch, loss and settings; each mode in its own su
 peak RSS is its own): online (teacher forward every step) against cached (the top-k logit cache,
 teacher never loaded); the cache build of the timed windows is timed on its own, and the number
 of epochs after which building the cache pays is reported. CPU settings: bf16 autocast against
-fp32, and 1 against 2 threads, on the cached mode. Medians over timed steps after a warm-up.
+fp32, and 1 against 2 threads, on the cached mode; the chunked output head + loss (--head-chunk 128,
+256) against the whole window, on the cached bf16 mode. Medians over timed steps after a warm-up.
 
 Every training run is a `slimkit distill ... --resume` subprocess checkpointing every few steps,
 so an interrupted benchmark continues where it stopped (finished variants are skipped); the
@@ -88,16 +89,17 @@ def perplexity(source: str, windows: int = 16) -> float:
 
 # ---- throughput workers (subprocesses: `bench_distill.py --worker MODE ...`) ----------------------
 
-def _tp_config(a: argparse.Namespace, cached: bool, precision: str = "fp32"):
+def _tp_config(a: argparse.Namespace, cached: bool, precision: str = "fp32", head_chunk: int = 0):
     from compress.distill.config import DistillConfig
 
     return DistillConfig(tokens=(a.steps + 1) * a.tp_batch * a.seq_len, seq_len=a.seq_len, batch_size=a.tp_batch,
                          micro_batch=a.tp_batch, lr=a.lr, top_k=a.top_k, eval_windows=1, precision=precision,
-                         logit_cache=str(a.work / "tp_cache") if cached else None)
+                         logit_cache=str(a.work / "tp_cache") if cached else None, head_chunk=head_chunk)
 
 
 def worker(a: argparse.Namespace, mode: str) -> dict:
-    """One trainer run of the throughput protocol; MODE online | cached | build | bf16 | threads1."""
+    """One trainer run of the throughput protocol; MODE online | cached | build | bf16 | threads1 |
+    bf16_chunkN (bf16, output head and loss N positions at a time)."""
     import torch
 
     from compress.distill.teachers import TeacherSpec
@@ -107,7 +109,8 @@ def worker(a: argparse.Namespace, mode: str) -> dict:
     out = a.work / f"tp_{mode}_{os.getpid()}"
     stamps: list[float] = []
     losses: list[float] = []
-    cfg = _tp_config(a, cached=mode != "online", precision="bf16" if mode == "bf16" else "fp32")
+    cfg = _tp_config(a, cached=mode != "online", precision="bf16" if mode.startswith("bf16") else "fp32",
+                     head_chunk=int(mode.split("_chunk")[1]) if "_chunk" in mode else 0)
     start = time.perf_counter()
 
     def cb(step, m):
@@ -162,6 +165,37 @@ def throughput(a: argparse.Namespace) -> dict:
     saved_per_token = 1 / res["tokens_per_s_online"] - 1 / res["tokens_per_s_cached"]
     res["cache_build_tokens"] = build_tokens
     res["break_even_epochs"] = round(build_s / build_tokens / saved_per_token, 2) if saved_per_token > 0 else None
+    return res
+
+
+HEAD_CHUNKS = (128, 256)
+
+
+def head_chunk(a: argparse.Namespace) -> dict:
+    """The chunked output head + loss against the whole window, on the cached bf16 mode (the CPU
+    default), interleaved rounds; the same steps, so the losses are compared step by step."""
+    if not (a.work / "tp_cache").is_dir():
+        run_worker(a, "build")
+    modes = ["bf16"] + [f"bf16_chunk{c}" for c in HEAD_CHUNKS]
+    samples: dict[str, list] = {m: [] for m in modes}
+    for _ in range(a.rounds):
+        for mode in modes:
+            samples[mode].append(run_worker(a, mode))
+            print(mode, {k: v for k, v in samples[mode][-1].items() if k != "losses"}, flush=True)
+    tokens = samples["bf16"][0]["tokens_per_step"]
+    res: dict = {}
+    label = {m: "head_whole" if m == "bf16" else m.replace("bf16_chunk", "head_chunk") for m in modes}
+    for mode in modes:
+        step = statistics.median(s for r in samples[mode] for s in r["step_s"])
+        res[f"tokens_per_s_{label[mode]}"] = round(tokens / step, 1)
+        res[f"peak_rss_mb_{label[mode]}"] = round(max(r["peak_rss_mb"] for r in samples[mode]), 1)
+        if mode != "bf16":
+            ref, got = samples["bf16"][0]["losses"], samples[mode][0]["losses"]
+            res[f"loss_rel_diff_{label[mode]}"] = round(max(abs(x - y) / abs(x) for x, y in zip(ref, got)), 6)
+    best = max(HEAD_CHUNKS, key=lambda c: res[f"tokens_per_s_head_chunk{c}"])
+    res["head_chunk_best"] = best
+    res["head_chunk_speedup"] = round(res[f"tokens_per_s_head_chunk{best}"] / res["tokens_per_s_head_whole"], 3)
+    res["head_chunk_rss_ratio"] = round(res[f"peak_rss_mb_head_chunk{best}"] / res["peak_rss_mb_head_whole"], 3)
     return res
 
 
@@ -245,6 +279,9 @@ def earlier(a: argparse.Namespace) -> dict:
     if "throughput_ratio" in m:
         done["throughput"] = {k: m[k] for k in THROUGHPUT_KEYS if k in m}
         done["measured_at"]["throughput"] = at.get("throughput", commit)
+    if "head_chunk_speedup" in m:
+        done["head_chunk"] = {k: v for k, v in m.items() if "head_" in k}
+        done["measured_at"]["head_chunk"] = at.get("head_chunk", commit)
     return done
 
 
@@ -264,6 +301,10 @@ def run_all(a: argparse.Namespace, row: dict | None) -> dict:
         done["throughput"] = throughput(a)
         ppl_path.write_text(json.dumps(done, indent=2))
     m.update(done.get("throughput", {}))
+    if a.throughput and "head_chunk" not in done:
+        done["head_chunk"] = head_chunk(a)
+        ppl_path.write_text(json.dumps(done, indent=2))
+    m.update(done.get("head_chunk", {}))
     _write(a, m, row)
     data = [str(SHARED_DATA / "text" / f) for f in TRAIN]
     seconds = done.setdefault("seconds", {})
@@ -288,7 +329,8 @@ def _write(a: argparse.Namespace, m: dict, row: dict | None) -> dict:
         m["recovered_fraction_kd"] = round((m["ppl_pruned"] - kd[best]) / gap, 4)
         m["best_kd_variant"] = best
     measured_at = json.loads((a.work / "ppl.json").read_text()).get("measured_at", {})
-    not_run = [v for v in VARIANTS if f"ppl_{v}" not in m] + ([] if "throughput_ratio" in m else ["throughput"])
+    not_run = [v for v in VARIANTS if f"ppl_{v}" not in m] + ([] if "throughput_ratio" in m else ["throughput"]) + \
+        ([] if "head_chunk_speedup" in m else ["head_chunk"])
     out = {**m, **({"measured_at": measured_at} if measured_at else {}), "not_run": not_run,
            "student": f"{TEACHER} pruned 25% non-embedding ({row['method']}, recover {row.get('recover')}, "
                       f"calibration {row.get('calib', 'tinystories')})"

@@ -111,6 +111,15 @@ def render_distill(doc: dict) -> list[str]:
                   f"{m['cache_build_seconds']} for {m['cache_build_tokens']} tokens; the cache pays after "
                   f"{m['break_even_epochs']} epochs. `bf16_speedup` = {m['bf16_speedup']} (largest relative loss "
                   f"difference {m['bf16_loss_rel_diff']}); 2 threads over 1: {m['threads_2_over_1']}.", ""]
+    if "head_chunk_speedup" in m:
+        chunks = sorted(int(k.rsplit("chunk", 1)[1]) for k in m if k.startswith("tokens_per_s_head_chunk"))
+        lines += ["| output head + loss (cached, bf16) | tokens/s | peak RSS MB | largest relative loss difference |",
+                  "|---|---|---|---|",
+                  f"| whole window | {m['tokens_per_s_head_whole']} | {m['peak_rss_mb_head_whole']} | |"]
+        lines += [f"| {c} positions at a time | {m[f'tokens_per_s_head_chunk{c}']} | {m[f'peak_rss_mb_head_chunk{c}']} | "
+                  f"{m[f'loss_rel_diff_head_chunk{c}']} |" for c in chunks]
+        lines += ["", f"`head_chunk_speedup` = {m['head_chunk_speedup']} (best chunk {m['head_chunk_best']}; peak RSS "
+                      f"ratio {m['head_chunk_rss_ratio']}).", ""]
     if m.get("not_run"):
         lines += ["Not run yet: " + ", ".join(m["not_run"]) + " (the script resumes where it stopped).", ""]
     return lines
@@ -192,6 +201,25 @@ def render_rationale(doc: dict) -> list[str]:
             *_table(["fraction of the subset", "label only", "step-by-step"], eff), ""]
 
 
+def render_validation(doc: dict) -> list[str]:
+    m = doc["metrics"]
+    w = m["worst"]
+    lines = [*_header(doc, "GGUF validation on correct files"), "",
+             f"Models: {', '.join(f'`{x}`' for x in m['models'])}; methods: {', '.join(m['methods'])}; "
+             f"imatrix: {m['imatrix_calibration']}; text: {m['text']}. The gates of `export/validate.py` "
+             "(GATES) and `export/gguf/blockcheck.py` (BLOCK_LIMIT) are set from the worst values below with "
+             "their stated margins (checked by tests/export/test_validation_gates.py).", "",
+             "Worst correct file per `--type`: llama.cpp against torch running the file's own values.", ""]
+    lines += _table(["type", "max relative abs dlogit", "mean KL", "min top-1"],
+                    [[t, g["max_rel_diff"], g["max_kl"], g["min_top1"]] for t, g in w["gates"].items()])
+    lines += ["", "Worst block per tensor type (relative error against the model's weights):", ""]
+    lines += _table(["tensor type", "max block error"], [[t, v] for t, v in sorted(w["block_max_rel"].items())])
+    lines += ["", "Quality cost against the float model (reported, not gated):", ""]
+    lines += _table(["model", "type", "method", "top-1 agreement", "mean KL"],
+                    [[r["model"], r["type"], r["method"], r["top1_agreement"], r["mean_kl"]] for r in m["rows"]])
+    return lines + [""]
+
+
 def _qad(doc: dict) -> list[str]:
     from scripts import render_quant
 
@@ -214,7 +242,7 @@ def _quant(doc: dict) -> list[str]:
 
 RENDERERS = {"export": render_export, "prune": _prune, "devices": render_devices, "distill": render_distill,
              "onnx": render_onnx, "qad": _qad, "quant": _quant, "default_run": render_default_run,
-             "rationale": render_rationale}
+             "rationale": render_rationale, "validation": render_validation}
 
 
 def main() -> None:

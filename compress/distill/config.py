@@ -35,6 +35,7 @@ class DistillConfig:
     data_free_tokens: int | None = None  # teacher-sampled corpus size when no data is given (default: tokens)
     blockwise_tokens: int = 0  # > 0: block-wise distillation of a pruned student on this many tokens first
     relation_layer: int = -1  # decoder layer whose q/k/v feed the relation losses (MiniLM: the last)
+    head_chunk: int = 0  # > 0: output head + logit losses over this many positions at a time (recomputed in backward)
 
     def __post_init__(self) -> None:
         positive = ("tokens", "seq_len", "batch_size", "micro_batch", "top_k", "eval_windows", "keep_checkpoints")
@@ -55,6 +56,8 @@ class DistillConfig:
             raise SlimkitError("--sampled-logits K needs --logit-cache DIR (the draws are cached) and K >= 1")
         if self.blockwise_tokens < 0:
             raise SlimkitError(f"--blockwise-tokens must be >= 0, got {self.blockwise_tokens}")
+        if self.head_chunk < 0:
+            raise SlimkitError(f"--head-chunk must be >= 0 (0: the whole window at once), got {self.head_chunk}")
         if self.eval_every < 0 or self.save_every < 0:
             raise SlimkitError("--eval-every and --save-every must be >= 0")
 

@@ -66,7 +66,8 @@ def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     """What changed, in words ('the student weights', 'teacher 1', 'data', option names)."""
     out = []
     a, b = _unversioned(mine.get("config", {}), theirs.get("config", {})), theirs.get("config", {})
-    out += sorted(k for k in set(a) | set(b) if k not in EXTENSIBLE and a.get(k) != b.get(k))
+    out += sorted(k for k in set(a) | set(b) if k not in EXTENSIBLE and a.get(k) != b.get(k)
+                  and not (k not in b and _is_default(k, a.get(k))))
     if mine.get("student") != theirs.get("student"):
         out.append("the student weights")
     ta, tb = mine.get("teachers", []), theirs.get("teachers", [])
@@ -82,6 +83,16 @@ def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     if mine.get("data") != theirs.get("data"):
         out.append("the training data")
     return out
+
+
+def _is_default(name: str, value: Any) -> bool:
+    """An option added after the checkpoint was written, left at its default, changes nothing."""
+    import dataclasses
+
+    from compress.distill.config import DistillConfig
+
+    field = next((f for f in dataclasses.fields(DistillConfig) if f.name == name), None)
+    return field is not None and field.default is not dataclasses.MISSING and field.default == value
 
 
 def _unversioned(mine: Any, theirs: Any) -> Any:

@@ -39,9 +39,12 @@ class DistillModule(nn.Module):
                 self.projections[str(i)] = Projections(layer_map, student.config.hidden_size,
                                                        t.model.config.hidden_size)
 
-    def forward(self, input_ids: torch.Tensor, hidden: bool, qkv_layer: int | None) -> tuple[Any, dict, dict]:
+    def forward(self, input_ids: torch.Tensor, hidden: bool, qkv_layer: int | None,
+                body_only: bool = False) -> tuple[Any, dict, dict]:
+        """body_only: the decoder without the output head (out.last_hidden_state, no logits)."""
+        model = self.student.get_decoder() if body_only else self.student
         with capture_qkv(self.student, qkv_layer) if qkv_layer is not None else contextlib.nullcontext({}) as found:
-            out = self.student(input_ids=input_ids, output_hidden_states=hidden, use_cache=False)
+            out = model(input_ids=input_ids, output_hidden_states=hidden, use_cache=False)
         projected = {k: p(out.hidden_states) for k, p in self.projections.items()} if hidden else {}
         return out, dict(found), projected
 
@@ -52,20 +55,23 @@ class LossParts:
     parts: dict[str, float] = field(default_factory=dict)
 
 
-def _trim(t: torch.Tensor | SparseLogits, n_vocab: int | None) -> torch.Tensor | SparseLogits:
-    """Drop the last position (it predicts past the window) and padded vocabulary rows."""
+def _trim(t: torch.Tensor | SparseLogits, n_vocab: int | None, start: int = 0,
+          stop: int = -1) -> torch.Tensor | SparseLogits:
+    """Positions [start, stop) (by default all but the last, which predicts past the window) and
+    no padded vocabulary rows."""
     if isinstance(t, SparseLogits):
-        return SparseLogits(t.indices[:, :-1], t.values[:, :-1], t.rest_lse[:, :-1], t.temperature)
+        return SparseLogits(t.indices[:, start:stop], t.values[:, start:stop], t.rest_lse[:, start:stop],
+                            t.temperature)
     if isinstance(t, SampledLogits):
-        return SampledLogits(t.indices[:, :-1], t.temperature)
-    return t[:, :-1, :n_vocab] if n_vocab else t[:, :-1]
+        return SampledLogits(t.indices[:, start:stop], t.temperature)
+    return t[:, start:stop, :n_vocab] if n_vocab else t[:, start:stop]
 
 
 def _norm(h: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(h.float(), h.shape[-1:])
 
 
-def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor, inner: DistillModule, qkv: dict,
+def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor | None, inner: DistillModule, qkv: dict,
                    projected: dict, ids: torch.Tensor, cached: SparseLogits | None, n_vocab: int | None,
                    qkv_layer: int, autocast: Any, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """`weights` (B, L): per-token weights of the corpus; the logit divergence weighs each
@@ -82,9 +88,12 @@ def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor, inner: Dist
                                     qkv_layer=qkv_layer if spec.relation_weight > 0 else None)
         t_logits = t_out.logits
     target_weights = weights[:, 1:] if weights is not None else None
-    terms[f"t{i}_{spec.loss}"] = losses.divergence(spec.loss, s_logits, _trim(t_logits, n_vocab),
-                                                   temperature=spec.temperature, beta=spec.beta,
-                                                   mask=target_weights)
+    if s_logits is None:   # the chunked head computes the divergence itself (_chunked_logit_terms)
+        terms["teacher_logits"] = t_logits
+    else:
+        terms[f"t{i}_{spec.loss}"] = losses.divergence(spec.loss, s_logits, _trim(t_logits, n_vocab),
+                                                       temperature=spec.temperature, beta=spec.beta,
+                                                       mask=target_weights)
     if spec.feature_weight > 0:
         feat = losses.hidden_mse if spec.feature_loss == "mse" else losses.hidden_cosine
         layer_map = inner.projections[str(i)].layer_map
@@ -101,13 +110,60 @@ def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor, inner: Dist
     return terms
 
 
+def _n_vocab(t: Teacher, inner: DistillModule) -> int | None:
+    if t.model is not None and t.model.config.vocab_size != inner.student.config.vocab_size:
+        return len(t.tokenizer)  # same tokenizer, padded embeddings: compare the real tokens
+    return None
+
+
+def _head_logits(student: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    logits = student.get_output_embeddings()(h)
+    cap = getattr(student.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _chunked_logit_terms(inner: DistillModule, teachers: Sequence[Teacher], h: torch.Tensor, ids: torch.Tensor,
+                         targets: Sequence[Any], ce_weight: float, autocast: Any, weights: torch.Tensor | None,
+                         chunk: int) -> dict[str, torch.Tensor]:
+    """The cross-entropy and every teacher's divergence, `chunk` positions at a time: each chunk's
+    head + losses run under torch.utils.checkpoint, so one chunk's logits exist at a time, in the
+    forward and again in the backward. The losses are per-position means; with per-position
+    weights w (1 / positions without corpus weights, the corpus weights with them) a mean is
+    sum(loss * w) / batch, which adds up over chunks to exactly the whole window's."""
+    from torch.utils.checkpoint import checkpoint
+
+    n = ids.shape[1] - 1
+    w = weights[:, 1:].float() if weights is not None else torch.full((ids.shape[0], n), 1.0 / n, device=ids.device)
+    names = (["ce"] if ce_weight > 0 or not teachers else []) + [f"t{i}_{t.spec.loss}" for i, t in enumerate(teachers)]
+
+    def part(h_chunk: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        with autocast():
+            s = _head_logits(inner.student, h_chunk)
+        vals = []
+        if names[0] == "ce":
+            vals.append(losses.weighted_cross_entropy(s, ids[:, 1 + a:1 + b], w[:, a:b]))
+        for t, target in zip(teachers, targets):
+            nv = _n_vocab(t, inner)
+            vals.append(losses.divergence(t.spec.loss, s[..., :nv] if nv else s, _trim(target, nv, a, b),
+                                          temperature=t.spec.temperature, beta=t.spec.beta, mask=w[:, a:b]))
+        return torch.stack(vals)
+
+    total = sum(checkpoint(part, h[:, a:min(a + chunk, n)], a, min(a + chunk, n), use_reentrant=False)
+                for a in range(0, n, chunk))
+    return dict(zip(names, total.unbind()))
+
+
 def compute_loss(module: nn.Module, teachers: Sequence[Teacher], ids: torch.Tensor,
                  cached: Sequence[SparseLogits | None], ce_weight: float, relation_layer: int,
-                 autocast: Any, weights: torch.Tensor | None = None) -> LossParts:
+                 autocast: Any, weights: torch.Tensor | None = None, head_chunk: int = 0) -> LossParts:
     """Loss of one micro-batch `ids` (B, L). `module` is the DistillModule, maybe DDP-wrapped.
     `weights` (B, L): per-token weights of the corpus (prompt -> target corpora: zero on prompts and
-    padding), applied to the cross-entropy and to every teacher's divergence and feature loss."""
+    padding), applied to the cross-entropy and to every teacher's divergence and feature loss.
+    head_chunk > 0: the output head and the logit losses run that many positions at a time."""
     inner = module.module if hasattr(module, "module") else module
+    if head_chunk > 0:
+        return _chunked_loss(module, inner, teachers, ids, cached, ce_weight, relation_layer, autocast, weights,
+                             head_chunk)
     hidden = any(t.spec.feature_weight > 0 for t in teachers)
     relation = any(t.spec.relation_weight > 0 for t in teachers)
     with autocast():
@@ -119,13 +175,38 @@ def compute_loss(module: nn.Module, teachers: Sequence[Teacher], ids: torch.Tens
               else losses.weighted_cross_entropy(s_logits, ids[:, 1:], weights[:, 1:]))
         terms["ce"] = ce * (ce_weight if teachers else 1.0)
     for i, t in enumerate(teachers):
-        n_vocab = None
-        if t.model is not None and t.model.config.vocab_size != inner.student.config.vocab_size:
-            n_vocab = len(t.tokenizer)  # same tokenizer, padded embeddings: compare the real tokens
+        n_vocab = _n_vocab(t, inner)
         s = s_logits[..., :n_vocab] if n_vocab else s_logits
         for name, value in _teacher_terms(i, t, s, inner, qkv, projected, ids, cached[i], n_vocab,
                                           relation_layer, autocast, weights).items():
             terms[name] = value * t.spec.weight
+    total = torch.stack(list(terms.values())).sum()
+    return LossParts(total, {k: float(v.detach()) for k, v in terms.items()})
+
+
+def _chunked_loss(module: nn.Module, inner: DistillModule, teachers: Sequence[Teacher], ids: torch.Tensor,
+                  cached: Sequence[SparseLogits | None], ce_weight: float, relation_layer: int, autocast: Any,
+                  weights: torch.Tensor | None, head_chunk: int) -> LossParts:
+    """compute_loss with the output head and logit losses chunked (_chunked_logit_terms); the
+    feature and relation terms see the decoder's hidden states as in the whole-window path."""
+    hidden = any(t.spec.feature_weight > 0 for t in teachers)
+    relation = any(t.spec.relation_weight > 0 for t in teachers)
+    with autocast():
+        out, qkv, projected = module(ids, hidden, relation_layer if relation else None, True)
+    terms: dict[str, torch.Tensor] = {}
+    targets = []
+    for i, t in enumerate(teachers):
+        extra = _teacher_terms(i, t, None, inner, qkv, projected, ids, cached[i], _n_vocab(t, inner),
+                               relation_layer, autocast, weights)
+        targets.append(extra.pop("teacher_logits"))
+        terms.update({name: value * t.spec.weight for name, value in extra.items()})
+    logit_terms = _chunked_logit_terms(inner, teachers, out.last_hidden_state[:, :-1], ids, targets, ce_weight,
+                                       autocast, weights, head_chunk)
+    for name, value in logit_terms.items():
+        if name == "ce":
+            terms[name] = value * (ce_weight if teachers else 1.0)
+        else:
+            terms[name] = value * teachers[int(name[1:].split("_")[0])].spec.weight
     total = torch.stack(list(terms.values())).sum()
     return LossParts(total, {k: float(v.detach()) for k, v in terms.items()})
 

@@ -243,7 +243,7 @@ class _Run:
             sync = micro == self.accum - 1 or self.dist.world == 1
             with contextlib.nullcontext() if sync else self.module.no_sync(), self._fake_quant_once():
                 lp = compute_loss(self.module, self.teachers, ids, cached, self.cfg.ce_weight,
-                                  self.cfg.relation_layer, self.autocast, weights)
+                                  self.cfg.relation_layer, self.autocast, weights, self.cfg.head_chunk)
                 (lp.total / self.accum).backward()
             for k, v in {"loss": float(lp.total.detach()), **lp.parts}.items():
                 parts[k] = parts.get(k, 0.0) + v / self.accum

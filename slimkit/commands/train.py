@@ -40,6 +40,8 @@ TRAINING_FLAGS = (   # the flags `slimkit distill` and `slimkit qat` share
     flag("--precision", choices=["auto", "fp32", "bf16"], default="auto",
          help="auto (default): bf16 autocast on CUDA with bf16 and on CPUs with native bf16 (AVX-512 BF16, AMX), "
               "else fp32"),
+    flag("--head-chunk", type=int, default=0, metavar="N", help="output head and logit losses N positions at a "
+         "time, recomputed in the backward (less memory; 0 = the whole window)"),
     flag("--seed", type=int, default=0),
     flag("--data-free-tokens", type=int, default=None, help="size of the sampled corpus without --data"),
     flag("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT.state"),
@@ -70,7 +72,8 @@ def distill_config(args: argparse.Namespace) -> Any:
                          eval_every=args.eval_every, save_every=args.save_every, precision=args.precision,
                          seed=args.seed, logit_cache=str(args.logit_cache) if args.logit_cache else None,
                          top_k=args.top_k, sampled_logits=args.sampled_logits,
-                         blockwise_tokens=args.blockwise_tokens, data_free_tokens=args.data_free_tokens)
+                         blockwise_tokens=args.blockwise_tokens, data_free_tokens=args.data_free_tokens,
+                         head_chunk=args.head_chunk)
 
 
 def teacher_specs(args: argparse.Namespace) -> list[Any]:

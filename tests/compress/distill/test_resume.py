@@ -118,3 +118,13 @@ def test_a_finished_run_extended_to_more_tokens_continues_from_its_last_step(fin
     assert planned.steps == 7
     state = torch.load(out.parent / "run.state" / "checkpoints" / "step-000007" / "trainer.pt", weights_only=True)
     assert state["step"] == 7
+
+
+def test_an_option_added_since_the_checkpoint_resumes_at_its_default_only():
+    from compress.distill.fingerprint import differences
+
+    theirs = {"config": {"lr": 1e-4, "seq_len": 64}, "student": "s", "teachers": [], "data": "d"}
+    mine = {**theirs, "config": {**theirs["config"], "head_chunk": 0}}   # an option newer than the checkpoint
+    assert differences(mine, theirs) == []
+    assert differences({**mine, "config": {**mine["config"], "head_chunk": 128}}, theirs) == ["head_chunk"]
+    assert differences({**mine, "config": {**mine["config"], "no_such_option": 1}}, theirs) == ["no_such_option"]
