@@ -1,9 +1,15 @@
 """Run an artifact in its own runtime and compare it with the torch model it came from.
 
-GGUF: the same text is tokenized by the HF tokenizer and by llama.cpp (must be identical), then
-the logits of a few hundred tokens are compared. Every type reports top-1 agreement and mean
-KL(torch fp32 || llama.cpp), the quality cost of the format. Types slimkit packs itself are also
-compared with torch running the exact stored values and must match within STORED_TOLERANCE.
+GGUF, three checks, each able to fail (tests/export/test_validation_gates.py damages files):
+1. the file holds the model: every quantization block of every tensor against the model's
+   weights (export.gguf.blockcheck);
+2. llama.cpp tokenizes the validation text exactly like the torch tokenizer;
+3. llama.cpp computes what the file holds: its logits on that text against torch running the
+   file's own values with ggml's activation rounding (export.gguf.reference), gated per --type
+   by GATES (max |logit difference| relative to max(1, max |logit|), mean KL, top-1 agreement).
+The quality cost of the type, top-1 agreement and mean KL(torch fp32 || llama.cpp) against the
+float model, is reported, not gated: it depends on the model (a tiny random llama loses top-1
+0.41 at Q4_K_M where SmolLM2 loses 0.17), while checks 1 and 3 do not.
 """
 from __future__ import annotations
 
@@ -15,19 +21,45 @@ import numpy as np
 
 from compress.errors import SlimkitError
 from compress.evaluate import adds_bos, log_softmax, tokenize_plain, torch_logits_fn
+from export.gguf.blockcheck import BLOCK_LIMIT
 
-# For the types slimkit writes itself, llama.cpp's logits are compared with torch running the
-# exact values stored in the file. Allowed max |logit difference|, relative to
-# max(1, max |logit|); llama.cpp runs with an F32 KV cache (its default F16 cache alone costs
-# ~1e-3). Measured worst cases (SmolLM2-135M, tiny random llama/gemma3, 255 tokens):
-#   F32 2.2e-4 (ggml's GELU uses an F16 lookup table; llama: 2e-6)   F16 1.8e-3 (F16 activations
-#   in ggml's CPU F16 matmul)   BF16 1.4e-2   Q8_0 4.2e-2, Q4_0 4.7e-2 (ggml quantizes activations
-#   to Q8_0 blocks for these matmuls; to Q8_1 for Q4_1/Q5_0/Q5_1, the same order of error). An export
-#   bug (a wrong permutation, a shifted norm, a misplaced block) shows up as O(1) differences.
-STORED_TOLERANCE = {"F32": 1e-3, "F16": 1e-2, "BF16": 5e-2, "Q8_0": 1e-1, "Q4_0": 1e-1, "Q4_1": 1e-1,
-                    "Q5_0": 1e-1, "Q5_1": 1e-1}
 MAX_TOKENS = 256
-
+GATE_MARGIN = 1.5
+# Per --type: llama.cpp against torch on the file's values (check 3). Set from the worst correct
+# file in benchmarks/results/validation.json (scripts/bench_validation.py: SmolLM2-135M and
+# gemma3-270m at every type, SmolLM2 also through llama.cpp's imatrix quantizer, and the tiny random
+# models the tests export; 255 tokens; llama.cpp with an F32 KV cache) with GATE_MARGIN:
+# max_rel_diff and max_kl times it, min_top1 = 1 - (1 - worst) * it (at most 0.99), rounded up.
+# What is left on a correct file is summation order: in SmolLM2's 30 layers an activation rounded to
+# the neighbouring Q8 level grows to a few logits (Q5_1: 0.11 of max |logit|, top-1 0.93). TQ1_0 /
+# TQ2_0 of SmolLM2 (not a ternary model: float top-1 0.04) differ far more (KL 1.3) although the
+# same ternary values at F32 match llama.cpp to 6e-5: their gates are loose (see the closing note
+# of issue 20); the block check still holds every TQ file to its model.
+# An export bug (a wrong permutation, a shifted norm, a misread type) gives O(1) differences.
+GATES: dict[str, dict[str, float]] = {
+    "F32": {"max_rel_diff": 0.00034, "max_kl": 1e-05, "min_top1": 0.99},
+    "F16": {"max_rel_diff": 0.0023, "max_kl": 1e-05, "min_top1": 0.99},
+    "BF16": {"max_rel_diff": 0.012, "max_kl": 0.00019, "min_top1": 0.982},
+    "Q8_0": {"max_rel_diff": 0.06, "max_kl": 0.0053, "min_top1": 0.947},
+    "Q4_0": {"max_rel_diff": 0.068, "max_kl": 0.0062, "min_top1": 0.894},
+    "Q4_1": {"max_rel_diff": 0.089, "max_kl": 0.006, "min_top1": 0.905},
+    "Q5_0": {"max_rel_diff": 0.062, "max_kl": 0.0064, "min_top1": 0.947},
+    "Q5_1": {"max_rel_diff": 0.18, "max_kl": 0.0094, "min_top1": 0.888},
+    "Q2_K": {"max_rel_diff": 0.11, "max_kl": 0.013, "min_top1": 0.882},
+    "Q2_K_S": {"max_rel_diff": 0.076, "max_kl": 0.0086, "min_top1": 0.947},
+    "Q3_K_S": {"max_rel_diff": 0.11, "max_kl": 0.013, "min_top1": 0.882},
+    "Q3_K_M": {"max_rel_diff": 0.13, "max_kl": 0.011, "min_top1": 0.87},
+    "Q3_K_L": {"max_rel_diff": 0.17, "max_kl": 0.011, "min_top1": 0.941},
+    "Q4_K_S": {"max_rel_diff": 0.078, "max_kl": 0.0098, "min_top1": 0.929},
+    "Q4_K_M": {"max_rel_diff": 0.082, "max_kl": 0.009, "min_top1": 0.929},
+    "Q5_K_S": {"max_rel_diff": 0.071, "max_kl": 0.011, "min_top1": 0.905},
+    "Q5_K_M": {"max_rel_diff": 0.08, "max_kl": 0.013, "min_top1": 0.899},
+    "Q6_K": {"max_rel_diff": 0.064, "max_kl": 0.0087, "min_top1": 0.917},
+    "IQ4_NL": {"max_rel_diff": 0.051, "max_kl": 0.006, "min_top1": 0.888},
+    "IQ4_XS": {"max_rel_diff": 0.23, "max_kl": 0.011, "min_top1": 0.888},
+    "TQ1_0": {"max_rel_diff": 1.4, "max_kl": 2.1, "min_top1": 0.235},
+    "TQ2_0": {"max_rel_diff": 1.4, "max_kl": 2.1, "min_top1": 0.235},
+}
 # Validation text: prose, numbers, code-ish punctuation and non-ASCII, written for this check.
 VALIDATION_TEXT = (
     "The lighthouse keeper climbed the 132 steps every evening at 6:45 pm, carrying a lamp, a "
@@ -60,68 +92,20 @@ def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     }
 
 
-def stored_reference(ckpt, type_name: str):
-    """A copy of the torch model whose weights hold exactly the values the GGUF stores
-    (fake-quantized blocks, fp16-rounded tensors), for types slimkit packs itself."""
-    import copy
-
-    import torch
-
-    from compress.quant import formats
-    from export.gguf import arch as arch_registry
-    from export.gguf import types as gtypes
-
-    etype = gtypes.parse(type_name)
-    spec = arch_registry.get(ckpt.model.config)
-    model = copy.deepcopy(ckpt.model)
-    types: dict[int, str] = {}
-    with torch.no_grad():
-        for hf_name, p in model.named_parameters():
-            qtype = gtypes.tensor_type(spec.gguf_name(hf_name), tuple(p.shape), etype)
-            types[id(p)] = qtype.name
-            if qtype.name in formats.PACKED_TYPES:
-                p.copy_(formats.fake_quantize(p, qtype.name))
-            elif qtype.name == "F16":
-                p.copy_(p.half().float())
-            elif qtype.name == "BF16":
-                p.copy_(p.bfloat16().float())
-    for module in model.modules():   # the activations ggml's CPU matmuls round, per weight type
-        if isinstance(module, torch.nn.Linear) and types.get(id(module.weight)) in ACTIVATION_ROUNDING:
-            module.register_forward_pre_hook(_round_input(ACTIVATION_ROUNDING[types[id(module.weight)]]))
-    return model
-
-
-# What ggml's CPU matmul does to the activations for a weight type (ggml-cpu's type_traits
-# vec_dot_type): quantized to Q8_0 blocks for Q8_0 / Q4_0 / Q5_0 weights, to Q8_1 for Q4_1 / Q5_1
-# (the same rounding of the values: d = amax / 127 stored as fp16, q = round(x / d)), converted to
-# F16 for F16 weights. The torch reference does the same, so only summation order is left.
-ACTIVATION_ROUNDING = {"Q8_0": "Q8_0", "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q4_1": "Q8_0", "Q5_1": "Q8_0",
-                       "F16": "F16"}
-
-
-def _round_input(kind: str):
-    from compress.quant import formats
-
-    def hook(module, args):
-        x = args[0]
-        if kind == "F16":
-            return (x.half().float(), *args[1:])
-        if x.shape[-1] % formats.block_size("Q8_0"):
-            return None
-        flat = x.reshape(-1, x.shape[-1]).float()
-        return (formats.fake_quantize(flat, "Q8_0").reshape(x.shape).to(x.dtype), *args[1:])
-    return hook
-
-
 def validate_gguf(path: str | os.PathLike, ckpt, type_name: str, text: str | None = None,
-                  max_tokens: int = MAX_TOKENS, weights_as_stored: bool = False) -> dict[str, Any]:
-    """Tokenizer identity + logits parity of a GGUF against `ckpt`; raises SlimkitError on failure.
+                  max_tokens: int = MAX_TOKENS, weights_as_stored: bool = False,
+                  gates: bool = True) -> dict[str, Any]:
+    """The three checks of the module docstring; raises SlimkitError on the first failure.
 
-    weights_as_stored: ckpt's weights are already exactly the file's values (a QAT checkpoint
-    written with its trained blocks), so the exactness check compares against ckpt itself.
+    weights_as_stored is accepted for callers that know the file holds ckpt's weights exactly (a
+    QAT checkpoint's blocks); the reference is always the file's values, so it changes nothing.
+    gates: False measures without judging (scripts/bench_validation.py sets the gates from it).
     """
+    from export.gguf.blockcheck import check_blocks
+    from export.gguf.reference import file_reference
     from export.runtime import LlamaRunner
 
+    blocks = check_blocks(path, ckpt, limits=BLOCK_LIMIT if gates else None)
     text = text or VALIDATION_TEXT
     hf_ids = tokenize_plain(ckpt.tokenizer, text)
     runner = LlamaRunner(Path(path), n_ctx=max_tokens + 1, kv_f32=True)
@@ -137,24 +121,26 @@ def validate_gguf(path: str | os.PathLike, ckpt, type_name: str, text: str | Non
         got = runner.logits(tokens)
     finally:
         runner.close()
-    ref = torch_logits_fn(ckpt.model)(tokens)
-    report: dict[str, Any] = {"type": type_name, "n_tokens": len(tokens), "tokenizer_identical": True,
-                              **compare_logits(ref, got)}
     if not np.isfinite(got).all():
         raise SlimkitError(f"validation failed: llama.cpp produced non-finite logits for {path}")
-    # A QAT file of a K-quant plan (Q4_K_M) holds slimkit's own blocks too: quantized tolerance.
-    relative = STORED_TOLERANCE.get(type_name, STORED_TOLERANCE["Q4_0"] if weights_as_stored else None)
-    if relative is not None:  # every type export.gguf.types.NATIVE writes (tested), and QAT files
-        # Exactness: llama.cpp against torch running the very values stored in the file.
-        stored = ref if weights_as_stored else torch_logits_fn(stored_reference(ckpt, type_name))(tokens)
-        report["stored"] = compare_logits(stored, got)
-        limit = relative * max(1.0, report["stored"]["max_abs_logit"])
-        report["tolerance"] = limit
-        report["passed"] = report["stored"]["max_abs_diff"] <= limit
-        if not report["passed"]:
-            raise SlimkitError(f"validation failed: llama.cpp's {type_name} logits differ from torch on the stored "
-                               f"weights by {report['stored']['max_abs_diff']:.4g} > {limit:.4g}; "
-                               "the export is wrong, please report it")
-    else:
-        report["passed"] = True  # llama.cpp's own quantizer: agreement and KL are reported, not thresholded
+    ref = torch_logits_fn(ckpt.model)(tokens)
+    report: dict[str, Any] = {"type": type_name, "n_tokens": len(tokens), "tokenizer_identical": True,
+                              **compare_logits(ref, got), "blocks": blocks}
+    stored = report["stored"] = compare_logits(torch_logits_fn(file_reference(path, ckpt))(tokens), got)
+    stored["max_rel_diff"] = stored["max_abs_diff"] / max(1.0, stored["max_abs_logit"])
+    gate = report["gate"] = GATES.get(type_name)
+    if gate is None:
+        if not gates:
+            return report
+        raise SlimkitError(f"validation has no gate for --type {type_name}; please report it")
+    report["tolerance"] = gate["max_rel_diff"] * max(1.0, stored["max_abs_logit"])
+    failed = [f"{what} {stored[key]:.4g} {op} {gate[g]:g}" for what, key, g, op, bad in (
+        ("max relative |dlogit|", "max_rel_diff", "max_rel_diff", ">", stored["max_rel_diff"] > gate["max_rel_diff"]),
+        ("mean KL", "mean_kl", "max_kl", ">", stored["mean_kl"] > gate["max_kl"]),
+        ("top-1 agreement", "top1_agreement", "min_top1", "<", stored["top1_agreement"] < gate["min_top1"]))
+        if bad]
+    report["passed"] = not failed
+    if gates and failed:
+        raise SlimkitError(f"validation failed: llama.cpp's {type_name} logits differ from torch running the file's "
+                           f"own values ({'; '.join(failed)}); the export is wrong, please report it")
     return report

@@ -93,7 +93,7 @@ def tiny_gemma3(seed: int = 0):
     return Checkpoint(model, tok, {"format": 1, "source": f"tiny-gemma3-seed{seed}", "stages": []})
 
 
-def _tiny_hf(family: str, seed: int, **extra):
+def _tiny_hf(family: str, seed: int, hidden: int = 64, ffn: int = 128, **extra):
     """A tiny random model of a Llama-shaped family (hidden 64, 2 layers, 4 heads / 2 KV heads)."""
     import transformers
 
@@ -104,7 +104,7 @@ def _tiny_hf(family: str, seed: int, **extra):
                              "llama": ("LlamaConfig", "LlamaForCausalLM")}[family]
     tok = tiny_tokenizer()
     cfg = getattr(transformers, config_cls)(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
     model = _init(getattr(transformers, model_cls)(cfg), seed, std=0.15)
@@ -121,6 +121,12 @@ def tiny_qwen3(seed: int = 0):
 
 def tiny_mistral(seed: int = 0):
     return _tiny_hf("mistral", seed, sliding_window=None, rope_theta=10_000.0)
+
+
+def tiny_wide_llama(seed: int = 0):
+    """A tiny llama whose every matrix is a whole number of 256-value super-blocks per row, so that
+    every GGUF type (K-quants, IQ4_XS, TQ*) is written as itself, not as a shape fallback."""
+    return _tiny_hf("llama", seed, hidden=256, ffn=512)
 
 
 def tiny_llama3(seed: int = 0):

@@ -49,6 +49,11 @@ def _override_array(llama_cpp, overrides: dict[str, str]):
     return arr, keep
 
 
+# llama-quant.cpp refuses these without an imatrix for every tensor that keeps the low-bit type
+# (Q2_K_S: all but token_embd; shape fallbacks of tiny models pass).
+NEEDS_IMATRIX = ("Q2_K_S",)
+
+
 def llama_quantize(src: Path, dst: Path, etype: ExportType, threads: int | None = None, *,
                    imatrix: dict[str, np.ndarray] | None = None, overrides: dict[str, str] | None = None,
                    allow_requantize: bool = False) -> None:
@@ -78,6 +83,9 @@ def llama_quantize(src: Path, dst: Path, etype: ExportType, threads: int | None 
     with quiet_stderr():  # one line per tensor otherwise; SLIMKIT_LLAMA_LOG=1 shows it
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     del keep
+    if rc != 0 and not imatrix and etype.name in NEEDS_IMATRIX:
+        raise SlimkitError(f"llama.cpp quantizes {etype.name} only with an importance matrix: add --method imatrix "
+                           "--calib FILE (or --imatrix FILE)")
     if rc != 0:
         raise SlimkitError(f"llama.cpp could not quantize to {etype.name} (return code {rc}); "
                            "rerun with SLIMKIT_LLAMA_LOG=1 to see llama.cpp's log")

@@ -110,7 +110,7 @@ def test_every_registered_architecture_has_a_roundtrip_test():
     assert families == tested
 
 
-def test_every_native_type_has_a_stored_tolerance():
-    from export.validate import STORED_TOLERANCE
+def test_every_type_has_a_gate():
+    from export.validate import GATES
 
-    assert set(STORED_TOLERANCE) == set(gtypes.NATIVE)
+    assert set(GATES) == set(gtypes.ALL_TYPES)
