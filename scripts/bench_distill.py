@@ -218,7 +218,8 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=16, help="WikiText windows of 512 (the protocol: 16)")
     p.add_argument("--no-throughput", dest="throughput", action="store_false")
     p.add_argument("--smoke", action="store_true", help="print the metrics, write no result file")
-    p.add_argument("--worker", choices=["online", "cached", "build", "bf16", "threads1"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["online", "cached", "build", "bf16", "threads1"] +
+                   [f"bf16_chunk{c}" for c in HEAD_CHUNKS], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         res = worker(a, a.worker)

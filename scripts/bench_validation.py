@@ -36,15 +36,18 @@ CALIB_TOKENS = 8192
 TINY = ("tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-llama3", "tiny-wide-llama")
 
 
-def _load(model: str):
-    """A zoo model, or one of the tiny random models the tests export (tests/conftest.py)."""
-    if not model.startswith("tiny-"):
-        from compress.checkpoint import load
+def _load(model: str, work: Path):
+    """A zoo model, or one of the tiny random models the tests export (tests/conftest.py), saved
+    and loaded back as a user's HF directory is."""
+    from compress.checkpoint import load, save
 
+    if not model.startswith("tiny-"):
         return load(model)
     from tests import conftest
 
-    return getattr(conftest, model.replace("-", "_"))()
+    if not (work / "hf" / "config.json").is_file():
+        save(getattr(conftest, model.replace("-", "_"))(), work / "hf")
+    return load(work / "hf")
 
 
 def _log(msg: str) -> None:
@@ -149,13 +152,14 @@ def main() -> None:
     rows: dict[str, dict] = json.loads(rows_path.read_text()) if rows_path.is_file() else {}
     for model in a.models:
         ckpt, state = None, {}
+        (a.work / model).mkdir(parents=True, exist_ok=True)
         for gtype in a.types:
             for method in (() if gtype in NEEDS_IMATRIX else ("rtn",)) + \
                     (() if gtype in gtypes.FLOAT_TYPES or model.startswith("tiny-") else ("imatrix",)):
                 key = f"{model}/{gtype}/{method}"
                 if key in rows or method not in a.methods:
                     continue
-                ckpt = ckpt or _load(model)
+                ckpt = ckpt or _load(model, a.work / model)
                 work = a.work / model
                 work.mkdir(exist_ok=True)
                 rows[key] = {"model": model, **measure(ckpt, gtype, method, work, state)}
@@ -164,7 +168,7 @@ def main() -> None:
         for precision in a.onnx:
             key = f"{model}/onnx/{precision}"
             if key not in rows:
-                ckpt = ckpt or _load(model)
+                ckpt = ckpt or _load(model, a.work / model)
                 rows[key] = {"model": model, **measure_onnx(ckpt, precision, a.work / model)}
                 rows_path.write_text(json.dumps(rows, indent=1))
                 _log(f"{key}: {rows[key]}")

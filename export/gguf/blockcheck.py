@@ -31,8 +31,8 @@ from compress.errors import SlimkitError
 # scale (~2) or swapped rows (~1.4) fails. TQ1_0 / TQ2_0 on weights that are not ternary err by 0.96
 # of a block anyway: 1.2x that, which still stops a flipped scale and most swapped rows.
 BLOCK_LIMIT = {
-    "BF16": 0.0045,
-    "F16": 0.00063,
+    "BF16": 0.0055,
+    "F16": 0.00068,
     "F32": 1e-06,
     "IQ4_NL": 0.91,
     "IQ4_XS": 0.43,

@@ -48,8 +48,9 @@ def test_qwen_onnx_int4_is_validated(qwen, tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason="open (issue 19): the 25% magnitude prune (hidden 768, ffn 4224, 12 heads) "
-                   "exports to F32 within 0.0065 of torch, but its Q8_0/Q4_0 files differ from torch on the stored "
-                   "weights by 7.6 (tolerance 1.75) although the dense Qwen's Q8_0 is within 0.51")
+                   "exports to F32 within 0.0065 of torch, but at Q4_0 llama.cpp differs from torch running the "
+                   "file's own values with ggml's Q8_0 activation rounding (export.gguf.reference) by 0.46 of max "
+                   "|logit|, mean KL 0.21, top-1 0.66 (gate 0.068 / 0.0062 / 0.894), although the dense Qwen passes")
 def test_qwen_pruned_by_25_percent_exports_to_q4_0(qwen, tmp_path):
     from compress.prune import PruneConfig, prune
 
