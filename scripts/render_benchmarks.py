@@ -182,13 +182,31 @@ def render_default_run(doc: dict) -> list[str]:
 
 def render_rationale(doc: dict) -> list[str]:
     m = doc["metrics"]
-    em, lr = m["exact_match"], m["local_rationales"]
-    rows = [["label only (`acc_label_only`)", m["acc_label_only"], em["label_only"]],
+    lines = _rationale_letter(doc) if "acc_label_only" in m else []
+    titles = {"esnli": "e-SNLI (label words; chance 0.33)", "cqa_text": "CommonsenseQA, choice text (chance 0.20)"}
+    for key, title in titles.items():
+        if key in m:
+            lines += _rationale_section(m[key], title)
+    return lines
+
+
+def _rationale_variants(m: dict) -> list[list]:
+    em, t = m["exact_match"], m["teacher"]
+    return [["label only (`acc_label_only`)", m["acc_label_only"], em["label_only"]],
             ["step-by-step, PaLM rationales (`acc_step_by_step`)", m["acc_step_by_step"], em["step_by_step"]],
-            [f"multi-teacher, PaLM + {m['teacher']['source']} (`acc_multi_teacher`)", m["acc_multi_teacher"],
+            [f"multi-teacher, PaLM + {t['source']} (`acc_multi_teacher`)", m["acc_multi_teacher"],
              em["multi_teacher"]],
-            [f"teacher {m['teacher']['source']}, {m['teacher']['k_shot']}-shot (`acc_teacher`)", "", m["acc_teacher"]]]
-    eff = [[d["fraction"], d["acc_label_only"], d["acc_step_by_step"]] for d in m["data_efficiency"]]
+            [f"teacher {t['source']}, {t['k_shot']}-shot (`acc_teacher`)", "", m["acc_teacher"]]]
+
+
+def _rationale_efficiency(m: dict, what: str) -> list[str]:
+    return _table([f"fraction of the {what}", "label only", "step-by-step"],
+                  [[d["fraction"], d["acc_label_only"], d["acc_step_by_step"]] for d in m["data_efficiency"]])
+
+
+def _rationale_letter(doc: dict) -> list[str]:
+    m = doc["metrics"]
+    lr = m["local_rationales"]
     return [*_header(doc, "Rationale distillation on CommonsenseQA"), "",
             f"Student `{m['student']}`, a seeded subset of {m['train_subset']} training records, "
             f"{m['test_questions']} test questions. Every variant: {m['steps_per_variant']} steps of "
@@ -197,8 +215,24 @@ def render_rationale(doc: dict) -> list[str]:
             f"{m['teacher']['source']} rationales: {lr['consistent']} of {lr['generated']} consistent with the gold "
             f"answer ({lr['k_shot']} in-context examples). {m['elapsed_seconds']} s from the first stage to the result, "
             f"{m['jobs']} stages at a time.", "",
-            *_table(["variant", "choice accuracy", "exact match"], rows), "",
-            *_table(["fraction of the subset", "label only", "step-by-step"], eff), ""]
+            *_table(["variant", "choice accuracy", "exact match"], _rationale_variants(m)), "",
+            *_rationale_efficiency(m, "subset"), ""]
+
+
+def _rationale_section(m: dict, title: str) -> list[str]:
+    b, lr = m["budget"], m["local_rationales"]
+    return [f"### Rationale distillation: {title}", "",
+            f"`{m['command']}` — commit `{m['git_commit'][:12]}`, {m['date']}, budget `{b['name']}`  ",
+            f"Machine: {_machine(m)}  ",
+            f"Student `{m['student']}`, {m['examples']} training records, {m['test_questions']} test questions "
+            f"({m['test_subset']}). Every variant: {m['steps']} steps of {b['batch_size']} examples, lr {b['lr']}, "
+            f"seed {b['seed']}. Accuracy = the choice with the highest {m['choice_score']} after `[answer]`; "
+            f"exact match = the greedy answer is the choice's text. {m['teacher']['source']} rationales for "
+            f"{lr['records']} records: the consistency filter kept {lr['consistent']} of {lr['generated']} "
+            f"({lr['k_shot']} in-context examples). {m['seconds']} s from the first stage to the result, "
+            f"{b['jobs']} stages at a time, load average {', '.join(f'{x:.1f}' for x in m['load_avg'])}.", "",
+            *_table(["variant", "choice accuracy", "exact match"], _rationale_variants(m)), "",
+            *_rationale_efficiency(m, "training records"), ""]
 
 
 def render_validation(doc: dict) -> list[str]:

@@ -205,23 +205,23 @@ def _completion_text(resp: Any) -> str:
 def make_source(spec: str, *, model: str | None = None, name: str | None = None, max_tokens: int = 128,
                 temperature: float = 0.0, seed: int = 0, timeout: float = 60.0, max_retries: int = 2,
                 api_key_env: str = "OPENAI_API_KEY", n_ctx: int = 2048, concurrency: int = 16,
-                chat: bool | None = None) -> RationaleSource:
+                chat: bool | None = None, stop: tuple[str, ...] = DEFAULT_STOP) -> RationaleSource:
     """A source from a teacher spec (see the module docstring). CHAT None: chat for HTTP endpoints and for
-    GGUFs with a chat template; False: plain completion of the prompt text."""
+    GGUFs with a chat template; False: plain completion of the prompt text. STOP: where a completion is cut."""
     if spec.startswith("file:"):
         return PrecomputedSource(name or spec[len("file:"):])
     if spec.startswith(("http://", "https://")):
         base_url, _, fragment = spec.partition("#")
         return OpenAISource(base_url.rstrip("/"), model or fragment, api_key_env=api_key_env, timeout=timeout,
                             max_retries=max_retries, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                            max_concurrency=concurrency, name=name, chat=chat is not False)
+                            max_concurrency=concurrency, name=name, chat=chat is not False, stop=stop)
     if spec.endswith(".gguf"):
         return LlamaCppSource(spec, name=name, n_ctx=n_ctx, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                              chat=chat)
+                              chat=chat, stop=stop)
     from compress import zoo
 
     if spec in zoo.ZOO:
         return LlamaCppSource(zoo.get(spec).path(), name=name or spec, n_ctx=n_ctx, max_tokens=max_tokens,
-                              temperature=temperature, seed=seed, chat=chat)
+                              temperature=temperature, seed=seed, chat=chat, stop=stop)
     raise SlimkitError(f"unknown teacher {spec!r}: use file:NAME, a .gguf file, a zoo name ({', '.join(zoo.ZOO)}) "
                        "or http(s)://HOST/v1#MODEL")

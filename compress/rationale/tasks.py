@@ -216,11 +216,20 @@ def _load_user_file(path: Path) -> TaskData:
 # ---------------------------------------------------------------------------------------------------
 # The Distilling Step-by-Step files (../shared/data/rationale)
 
-def _read_jsonl_gz(path: Path) -> list[dict]:
+def _read_jsonl_gz(path: Path) -> list[Any]:
+    """The rows of a jsonl file; a line that is not JSON becomes a string saying so (reported by the
+    caller under the record's id; the row keeps its place, since the PaLM outputs align by index)."""
     if not path.is_file():
         raise SlimkitError(f"{path} not found: the bundled tasks need ../shared/data/rationale "
                            "(or set SLIMKIT_RATIONALE_DATA)")
-    return [json.loads(line) for line in _open_text(path).splitlines() if line.strip()]
+    rows: list[Any] = []
+    for line in _open_text(path).splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                rows.append(f"not valid JSON ({exc.msg})")
+    return rows
 
 
 def _read_llm_outputs(root: Path, name: str, file_split: str, n: int) -> list[str]:
@@ -229,7 +238,13 @@ def _read_llm_outputs(root: Path, name: str, file_split: str, n: int) -> list[st
         path = root / name / "llm" / f"{file_split}_CoT_{k}.json.gz"
         if not path.is_file():
             raise SlimkitError(f"{path} not found: the PaLM rationales of {name} {file_split} are incomplete")
-        outputs += json.loads(_open_text(path))
+        try:
+            batch = json.loads(_open_text(path))
+        except json.JSONDecodeError as exc:
+            raise SlimkitError(f"{path} is not valid JSON ({exc.msg}); restore it from the shared data") from None
+        if not isinstance(batch, list):
+            raise SlimkitError(f"{path} is not a JSON array of PaLM outputs; restore it from the shared data")
+        outputs += batch
     if len(outputs) != n:
         raise SlimkitError(f"{root / name / 'llm'}: {len(outputs)} PaLM outputs for {n} {file_split} records")
     return outputs
@@ -245,13 +260,13 @@ def _load_builtin(name: str, split: str) -> TaskData:
     data = TaskData(name=name, split=split, records=[])
     disagree = 0
     for i, (row, output) in enumerate(zip(rows, outputs)):
-        rid = row.get("id") or f"{name}-{file_split}-{i}"
+        rid = (row.get("id") if isinstance(row, dict) else None) or f"{name}-{file_split}-{i}"
         try:
             rec = TaskRecord.from_dict(_convert_row(name, row, rid))
         except ValueError as exc:
             data.problems.append(Problem(rid, str(exc)))
             continue
-        parsed = parse_palm_output(name, output)
+        parsed = parse_palm_output(name, output) if isinstance(output, str) else None
         if parsed is None:
             data.problems.append(Problem(rid, "PaLM output has no answer statement (kept without a palm rationale)"))
         else:
@@ -264,7 +279,9 @@ def _load_builtin(name: str, split: str) -> TaskData:
     return data
 
 
-def _convert_row(name: str, row: dict, rid: str) -> dict[str, Any]:
+def _convert_row(name: str, row: Any, rid: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValueError(row if isinstance(row, str) else "not a JSON object")
     if name == "cqa":
         return {"id": rid, "question": row.get("question"), "choices": row.get("choices"), "answer": row.get("answer")}
     if name == "svamp":

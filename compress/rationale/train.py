@@ -6,7 +6,8 @@ Distilling Step-by-Step (one teacher) and TinyLLM (several): for every training 
     [explain:<teacher>] <problem>  -> " <teacher's rationale>"          weight alpha_teacher
 one example per window (right-padded), the loss L = L_answer + sum_m alpha_m * L_rationale_m with
 each L the mean NLL of its target tokens (losses.weighted_cross_entropy). At inference only the
-`[answer]` prefix is used: no rationale is generated.
+`[answer]` prefix is used: no rationale is generated. How choices are listed and what the answer
+target is follows the answer format (compress.rationale.formats: "(d) math problem" or "math problem").
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import torch
 from compress.data import Corpus
 from compress.errors import SlimkitError
 from compress.evaluate import adds_bos
-from compress.rationale.prompts import answer_text
-from compress.rationale.tasks import LETTERS, TaskRecord
+from compress.rationale.formats import DEFAULT_FORMAT, answer_target, check_format, choices_line
+from compress.rationale.tasks import TaskRecord
 
 ANSWER = "[answer]"
 
@@ -29,21 +30,19 @@ def explain_prefix(teacher: str) -> str:
     return f"[explain:{teacher}]"
 
 
-def problem_text(record: TaskRecord) -> str:
-    """The problem as the student sees it (no answer, no rationale)."""
+def problem_text(record: TaskRecord, fmt: str = DEFAULT_FORMAT) -> str:
+    """The problem as the student sees it (no answer, no rationale), its choices listed as FMT lists them."""
     parts = [f"Context: {record.context}\n"] if record.context else []
     parts.append(f"Question: {record.question}\n")
-    if record.choices:
-        parts.append("Answer Choices: " + " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(record.choices)) + "\n")
-    return "".join(parts)
+    return "".join(parts) + choices_line(record, fmt)
 
 
-def answer_prompt(record: TaskRecord) -> str:
-    return f"{ANSWER} {problem_text(record)}Answer:"
+def answer_prompt(record: TaskRecord, fmt: str = DEFAULT_FORMAT) -> str:
+    return f"{ANSWER} {problem_text(record, fmt)}Answer:"
 
 
-def explain_prompt(record: TaskRecord, teacher: str) -> str:
-    return f"{explain_prefix(teacher)} {problem_text(record)}Explanation:"
+def explain_prompt(record: TaskRecord, teacher: str, fmt: str = DEFAULT_FORMAT) -> str:
+    return f"{explain_prefix(teacher)} {problem_text(record, fmt)}Explanation:"
 
 
 def _example(tokenizer: Any, prompt: str, target: str, weight: float, seq_len: int) -> tuple[list[int], list[float]] | None:
@@ -56,9 +55,12 @@ def _example(tokenizer: Any, prompt: str, target: str, weight: float, seq_len: i
 
 
 def build_corpus(records: Sequence[TaskRecord], rationales: dict[str, dict[str, str]], alphas: dict[str, float],
-                 tokenizer: Any, seq_len: int, heldout_fraction: float = 0.05, seed: int = 0) -> tuple[Corpus, dict]:
+                 tokenizer: Any, seq_len: int, heldout_fraction: float = 0.05, seed: int = 0,
+                 answer_format: str = DEFAULT_FORMAT) -> tuple[Corpus, dict]:
     """Weighted prompt -> target windows: one answer example per record and one rationale example per
-    (record, teacher with alpha > 0 and a rationale). Held-out windows are answer examples of held-out records."""
+    (record, teacher with alpha > 0 and a rationale). Held-out windows are answer examples of held-out records.
+    ANSWER_FORMAT (compress.rationale.formats) decides how choices are listed and what the answer target is."""
+    fmt = check_format(answer_format)
     rng = random.Random(seed)
     order = list(records)
     rng.shuffle(order)
@@ -78,12 +80,12 @@ def build_corpus(records: Sequence[TaskRecord], rationales: dict[str, dict[str, 
     def examples(recs: Sequence[TaskRecord], with_rationales: bool) -> list:
         out = []
         for r in recs:
-            items = [("answer", answer_prompt(r), answer_text(r), 1.0)]
+            items = [("answer", answer_prompt(r, fmt), answer_target(r, fmt), 1.0)]
             if with_rationales:
                 for teacher, alpha in alphas.items():
                     text = (rationales.get(r.id) or {}).get(teacher) or (r.rationales or {}).get(teacher)
                     if alpha > 0 and text:
-                        items.append((f"explain:{teacher}", explain_prompt(r, teacher), text, alpha))
+                        items.append((f"explain:{teacher}", explain_prompt(r, teacher, fmt), text, alpha))
             for key, prompt, target, weight in items:
                 ex = _example(tokenizer, prompt, target, weight, seq_len)
                 if ex is None:
@@ -105,12 +107,17 @@ def build_corpus(records: Sequence[TaskRecord], rationales: dict[str, dict[str, 
 
 def train_rationale(student: str | Path, records: Sequence[TaskRecord], rationales: dict[str, dict[str, str]],
                     alphas: dict[str, float], out: str | Path, cfg: Any, resume: bool = False,
-                    progress: bool = True) -> Any:
-    """Multi-task rationale distillation of STUDENT on RECORDS (label-only when `alphas` is empty)."""
+                    progress: bool = True, answer_format: str = DEFAULT_FORMAT) -> Any:
+    """Multi-task rationale distillation of STUDENT on RECORDS (label-only when `alphas` is empty), with
+    answers in ANSWER_FORMAT. The format is recorded in the checkpoint's rationale stage (only when it is
+    not the default, so that runs begun before formats existed still resume), where evaluation finds it."""
     from compress.checkpoint import load
     from compress.distill.trainer import distill
 
+    check_format(answer_format)
     tokenizer = load(student).tokenizer
-    corpus, counts = build_corpus(records, rationales, alphas, tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.seed)
-    stage = ("rationale", {"alphas": dict(alphas), "records": len(records), "examples": counts})
+    corpus, counts = build_corpus(records, rationales, alphas, tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.seed,
+                                  answer_format)
+    stage = ("rationale", {"alphas": dict(alphas), "records": len(records), "examples": counts,
+                           **({"answer_format": answer_format} if answer_format != DEFAULT_FORMAT else {})})
     return distill(student, [], out, cfg, corpus=corpus, stage=stage, resume=resume, progress=progress)

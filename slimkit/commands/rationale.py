@@ -40,6 +40,9 @@ TRAIN_FLAGS = (
     flag("--teacher-name", nargs="*", default=[], help="teachers whose rationales the student learns "
          "(none = label only), e.g. palm gemma3"),
     flag("--alpha", type=float, nargs="*", default=None, help="one weight per --teacher-name (default 1)"),
+    flag("--answer-format", choices=["letter", "text"], default="letter", help="multiple-choice answers as "
+         "'(d) math problem' (letter, default) or the choice's text 'math problem', scored length-normalised "
+         "(text; `slimkit eval --task` scores a student in the format it was trained in)"),
     flag("-o", "--output", required=True, type=Path, help="output checkpoint directory"),
     flag("--tokens", type=int, required=True, help="training budget in tokens (padded windows)"),
     flag("--seq-len", type=int, default=256),
@@ -94,7 +97,7 @@ def cmd_rationale_train(args: argparse.Namespace) -> int:
         for rid, by_teacher in load_rationales(path).items():
             rationales.setdefault(rid, {}).update(by_teacher)
     res = train_rationale(args.student, task.records, rationales, alphas, args.output, rationale_config(args),
-                          resume=args.resume)
+                          resume=args.resume, answer_format=args.answer_format)
     print(f"wrote {res.out} after {res.steps} steps ({res.tokens} tokens); held-out answer ppl "
           f"{res.evals[-1]['heldout_ppl']:.3f}")
     return 0

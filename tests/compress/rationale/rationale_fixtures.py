@@ -42,6 +42,15 @@ def mc_records(n: int = 8, with_rationales: bool = True) -> list[TaskRecord]:
     return out
 
 
+def reference_score(model, prompt: list[int], target: list[int]) -> float:
+    """Summed log-likelihood of TARGET after PROMPT from one plain forward pass (no cache, no batching)."""
+    import torch
+
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([prompt + target]), use_cache=False).logits[0].float().log_softmax(-1)
+    return float(sum(logp[len(prompt) - 1 + j, t] for j, t in enumerate(target)))
+
+
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory) -> Path:
     """A tiny random llama (ChatML chat template) exported to F16 by slimkit's writer."""

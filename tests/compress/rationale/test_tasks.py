@@ -139,3 +139,57 @@ def test_contradiction_needs_an_explicit_statement():
     assert contradicts(NUM, "The answer is 43") and not contradicts(NUM, "The answer is 42.0")
     assert eval_arithmetic("( 84.0 / 2.0 )") == 42.0 and eval_arithmetic("__import__('os')") is None
     assert eval_arithmetic("1 / 0") is None
+
+
+def _damaged_esnli_copy(root, n: int = 20):
+    """The first N e-SNLI valid records and their PaLM outputs, copied under ROOT/esnli, three records damaged:
+    #3 a label that is no e-SNLI label, #5 no hypothesis, #7 a line that is not JSON; and #9's PaLM output has
+    no answer statement."""
+    import gzip
+
+    src = data_root() / "esnli"
+    lines = gzip.open(src / "esnli_valid.json.gz", "rt", encoding="utf-8").read().splitlines()[:n]
+    outputs = json.loads(gzip.open(src / "llm" / "valid_CoT_0.json.gz", "rt", encoding="utf-8").read())[:n]
+    rows = [json.loads(line) for line in lines]
+    rows[3]["label"] = 7
+    del rows[5]["hypothesis"]
+    text = [json.dumps(r) for r in rows]
+    text[7] = text[7][:40]  # cut short, as a damaged download would be
+    outputs[9] = "The hypothesis restates the premise, and that is all."
+    (root / "esnli" / "llm").mkdir(parents=True)
+    with gzip.open(root / "esnli" / "esnli_valid.json.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(text) + "\n")
+    with gzip.open(root / "esnli" / "llm" / "valid_CoT_0.json.gz", "wt", encoding="utf-8") as f:
+        json.dump(outputs, f)
+
+
+def test_esnli_bad_records_reported_by_id(tmp_path, monkeypatch):
+    if not (data_root() / "esnli" / "esnli_valid.json.gz").is_file():
+        pytest.skip(f"{data_root()} not present (../shared/data is optional)")
+    _damaged_esnli_copy(tmp_path)
+    monkeypatch.setenv("SLIMKIT_RATIONALE_DATA", str(tmp_path))
+    data = load_task("esnli", "train")
+    reasons = {p.id: p.reason for p in data.problems}
+    assert reasons["esnli-valid-3"] == "label 7 is not 0, 1 or 2"
+    assert reasons["esnli-valid-5"] == "missing or empty 'question'"
+    assert reasons["esnli-valid-7"].startswith("not valid JSON")
+    assert reasons["esnli-valid-9"].startswith("PaLM output has no answer statement")
+    assert len(reasons) == 4 and all("\n" not in str(p) for p in data.problems)
+    # the bad records are left out; #9 is kept without a palm rationale; the others keep their own rationale
+    ids = [r.id for r in data.records]
+    assert len(ids) == 17 and not {"esnli-valid-3", "esnli-valid-5", "esnli-valid-7"} & set(ids)
+    by_id = {r.id: r for r in data.records}
+    assert by_id["esnli-valid-9"].rationales is None
+    assert by_id["esnli-valid-0"].rationales["palm"] == "The to go packages are not necessarily from lunch."
+    assert data.counts["palm_rationales"] == 16
+    # a damaged PaLM file is one line naming it
+    (tmp_path / "esnli" / "llm" / "valid_CoT_0.json.gz").write_bytes(
+        __import__("gzip").compress(b'["cut short'))
+    with pytest.raises(SlimkitError, match=r"valid_CoT_0.json.gz is not valid JSON .*restore it"):
+        load_task("esnli", "train")
+
+
+def test_missing_data_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMKIT_RATIONALE_DATA", str(tmp_path))
+    with pytest.raises(SlimkitError, match="esnli_valid.json.gz not found: the bundled tasks need"):
+        load_task("esnli", "train")

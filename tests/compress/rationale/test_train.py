@@ -14,7 +14,7 @@ from compress.distill.losses import weighted_cross_entropy
 from compress.rationale.train import ANSWER, build_corpus, explain_prefix, train_rationale
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from rationale_fixtures import mc_records  # noqa: E402
+from rationale_fixtures import mc_records, reference_score  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -94,12 +94,6 @@ def _reference_greedy(model, prompt, eos, max_new):
     return tokens
 
 
-def _reference_score(model, prompt, target):
-    with torch.no_grad():
-        logp = model(input_ids=torch.tensor([prompt + target]), use_cache=False).logits[0].float().log_softmax(-1)
-    return float(sum(logp[len(prompt) - 1 + j, t] for j, t in enumerate(target)))
-
-
 def test_greedy_and_scores_match_plain_decoding_and_scoring():
     """The shared-prompt, batched evaluation gives what one full forward per choice and token-by-token
     greedy decoding without a cache give, both when greedy decoding runs on and when it ends on a choice."""
@@ -115,14 +109,14 @@ def test_greedy_and_scores_match_plain_decoding_and_scoring():
     # greedy decoding runs past every target: token-by-token decoding on the cache
     tokens, scores = greedy_and_scores(model, prompt, targets, set(), max_new_tokens=6)
     assert tokens == free and len(free) == 6
-    assert scores == pytest.approx([_reference_score(model, prompt, t) for t in targets], abs=1e-4)
+    assert scores == pytest.approx([reference_score(model, prompt, t) for t in targets], abs=1e-4)
     # greedy decoding produces the last target, then EOS: the batched scoring pass is the decode
     eos = {free[3]}
     assert free[3] not in free[:3]  # the seed's greedy path: EOS is not reached earlier
     targets.append(free[:3])
     tokens, scores = greedy_and_scores(model, prompt, targets, eos, max_new_tokens=6)
     assert tokens == free[:3] == _reference_greedy(model, prompt, eos, 6)
-    assert scores == pytest.approx([_reference_score(model, prompt, t) for t in targets], abs=1e-4)
+    assert scores == pytest.approx([reference_score(model, prompt, t) for t in targets], abs=1e-4)
     assert greedy_and_scores(model, prompt, targets, eos, max_new_tokens=3)[0] == free[:3]  # the length cap
 
 
