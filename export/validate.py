@@ -32,33 +32,34 @@ GATE_MARGIN = 1.5
 # max_rel_diff and max_kl times it, min_top1 = 1 - (1 - worst) * it (at most 0.99), rounded up.
 # What is left on a correct file is summation order: in SmolLM2's 30 layers an activation rounded to
 # the neighbouring Q8 level grows to a few logits (Q5_1: 0.11 of max |logit|, top-1 0.93). TQ1_0 /
-# TQ2_0 of SmolLM2 (not a ternary model: float top-1 0.04) differ far more (KL 1.3) although the
-# same ternary values at F32 match llama.cpp to 6e-5: their gates are loose (see the closing note
-# of issue 20); the block check still holds every TQ file to its model.
+# TQ2_0 of SmolLM2 and gemma3 (not ternary models: float top-1 0.04) differ far more (KL 1.3 / 2.7)
+# although SmolLM2's ternary values at F32 match llama.cpp to 6e-5 and the tiny models' TQ files to
+# KL 3e-4: their logit gates stop little (see issue 20's closing note); the block check still holds
+# every TQ file to its model.
 # An export bug (a wrong permutation, a shifted norm, a misread type) gives O(1) differences.
 GATES: dict[str, dict[str, float]] = {
     "F32": {"max_rel_diff": 0.0014, "max_kl": 1e-05, "min_top1": 0.99},
     "F16": {"max_rel_diff": 0.0024, "max_kl": 1e-05, "min_top1": 0.99},
     "BF16": {"max_rel_diff": 0.016, "max_kl": 0.00019, "min_top1": 0.982},
-    "Q8_0": {"max_rel_diff": 0.06, "max_kl": 0.0053, "min_top1": 0.947},
-    "Q4_0": {"max_rel_diff": 0.068, "max_kl": 0.0062, "min_top1": 0.894},
-    "Q4_1": {"max_rel_diff": 0.089, "max_kl": 0.006, "min_top1": 0.905},
-    "Q5_0": {"max_rel_diff": 0.062, "max_kl": 0.0064, "min_top1": 0.947},
+    "Q8_0": {"max_rel_diff": 0.08, "max_kl": 0.0053, "min_top1": 0.947},
+    "Q4_0": {"max_rel_diff": 0.083, "max_kl": 0.0062, "min_top1": 0.894},
+    "Q4_1": {"max_rel_diff": 0.092, "max_kl": 0.006, "min_top1": 0.905},
+    "Q5_0": {"max_rel_diff": 0.083, "max_kl": 0.0064, "min_top1": 0.929},
     "Q5_1": {"max_rel_diff": 0.18, "max_kl": 0.0094, "min_top1": 0.888},
-    "Q2_K": {"max_rel_diff": 0.11, "max_kl": 0.013, "min_top1": 0.882},
+    "Q2_K": {"max_rel_diff": 0.13, "max_kl": 0.015, "min_top1": 0.882},
     "Q2_K_S": {"max_rel_diff": 0.076, "max_kl": 0.0086, "min_top1": 0.947},
-    "Q3_K_S": {"max_rel_diff": 0.11, "max_kl": 0.013, "min_top1": 0.882},
-    "Q3_K_M": {"max_rel_diff": 0.13, "max_kl": 0.011, "min_top1": 0.87},
-    "Q3_K_L": {"max_rel_diff": 0.17, "max_kl": 0.011, "min_top1": 0.941},
-    "Q4_K_S": {"max_rel_diff": 0.078, "max_kl": 0.0098, "min_top1": 0.929},
-    "Q4_K_M": {"max_rel_diff": 0.082, "max_kl": 0.009, "min_top1": 0.929},
-    "Q5_K_S": {"max_rel_diff": 0.071, "max_kl": 0.011, "min_top1": 0.905},
-    "Q5_K_M": {"max_rel_diff": 0.08, "max_kl": 0.013, "min_top1": 0.899},
-    "Q6_K": {"max_rel_diff": 0.064, "max_kl": 0.0087, "min_top1": 0.917},
-    "IQ4_NL": {"max_rel_diff": 0.051, "max_kl": 0.006, "min_top1": 0.888},
+    "Q3_K_S": {"max_rel_diff": 0.24, "max_kl": 0.015, "min_top1": 0.877},
+    "Q3_K_M": {"max_rel_diff": 0.24, "max_kl": 0.013, "min_top1": 0.87},
+    "Q3_K_L": {"max_rel_diff": 0.17, "max_kl": 0.012, "min_top1": 0.917},
+    "Q4_K_S": {"max_rel_diff": 0.13, "max_kl": 0.0098, "min_top1": 0.929},
+    "Q4_K_M": {"max_rel_diff": 0.12, "max_kl": 0.0093, "min_top1": 0.929},
+    "Q5_K_S": {"max_rel_diff": 0.11, "max_kl": 0.011, "min_top1": 0.905},
+    "Q5_K_M": {"max_rel_diff": 0.12, "max_kl": 0.013, "min_top1": 0.899},
+    "Q6_K": {"max_rel_diff": 0.18, "max_kl": 0.0096, "min_top1": 0.917},
+    "IQ4_NL": {"max_rel_diff": 0.072, "max_kl": 0.006, "min_top1": 0.888},
     "IQ4_XS": {"max_rel_diff": 0.23, "max_kl": 0.011, "min_top1": 0.888},
-    "TQ1_0": {"max_rel_diff": 1.4, "max_kl": 2.1, "min_top1": 0.235},
-    "TQ2_0": {"max_rel_diff": 1.4, "max_kl": 2.1, "min_top1": 0.235},
+    "TQ1_0": {"max_rel_diff": 1.4, "max_kl": 4.1, "min_top1": 0.0},
+    "TQ2_0": {"max_rel_diff": 1.4, "max_kl": 4.1, "min_top1": 0.0},
 }
 # Validation text: prose, numbers, code-ish punctuation and non-ASCII, written for this check.
 VALIDATION_TEXT = (

@@ -248,9 +248,13 @@ def render_validation(doc: dict) -> list[str]:
                     [[t, g["max_rel_diff"], g["max_kl"], g["min_top1"]] for t, g in w["gates"].items()])
     lines += ["", "Worst block per tensor type (relative error against the model's weights):", ""]
     lines += _table(["tensor type", "max block error"], [[t, v] for t, v in sorted(w["block_max_rel"].items())])
-    lines += ["", "Quality cost against the float model (reported, not gated):", ""]
+    real = [r for r in m["rows"] if not r["model"].startswith("tiny-")]
+    lines += ["", "ONNX int8 / int4 against the float model (gated: QUANT_LIMITS), worst over all models:", ""]
+    lines += _table(["precision", "max mean KL", "min top-1"], [[p, g["max_kl"], g["min_top1"]] for p, g in w["onnx"].items()])
+    lines += ["", "Quality cost against the float model (GGUF: reported, not gated; the zoo models):", ""]
     lines += _table(["model", "type", "method", "top-1 agreement", "mean KL"],
-                    [[r["model"], r["type"], r["method"], r["top1_agreement"], r["mean_kl"]] for r in m["rows"]])
+                    [[r["model"], r.get("type", "onnx " + r.get("precision", "")), r.get("method", ""),
+                      r["top1_agreement"], r["mean_kl"]] for r in real])
     return lines + [""]
 
 
