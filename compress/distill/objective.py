@@ -73,10 +73,11 @@ def _norm(h: torch.Tensor) -> torch.Tensor:
 
 def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor | None, inner: DistillModule, qkv: dict,
                    projected: dict, ids: torch.Tensor, cached: SparseLogits | None, n_vocab: int | None,
-                   qkv_layer: int, autocast: Any, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   qkv_layer: int, autocast: Any, weights: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], Any]:
     """`weights` (B, L): per-token weights of the corpus; the logit divergence weighs each
     predicted token by its target's weight, the feature loss counts the positions whose next token
-    has weight (the relation losses compare whole attention maps and are not masked)."""
+    has weight (the relation losses compare whole attention maps and are not masked). Returns the
+    terms and the teacher's targets (its logits, or the cached ones)."""
     spec = teacher.spec
     terms: dict[str, torch.Tensor] = {}
     if cached is not None:
@@ -88,9 +89,7 @@ def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor | None, inne
                                     qkv_layer=qkv_layer if spec.relation_weight > 0 else None)
         t_logits = t_out.logits
     target_weights = weights[:, 1:] if weights is not None else None
-    if s_logits is None:   # the chunked head computes the divergence itself (_chunked_logit_terms)
-        terms["teacher_logits"] = t_logits
-    else:
+    if s_logits is not None:   # None: the chunked head computes the divergence (_chunked_logit_terms)
         terms[f"t{i}_{spec.loss}"] = losses.divergence(spec.loss, s_logits, _trim(t_logits, n_vocab),
                                                        temperature=spec.temperature, beta=spec.beta,
                                                        mask=target_weights)
@@ -107,7 +106,7 @@ def _teacher_terms(i: int, teacher: Teacher, s_logits: torch.Tensor | None, inne
         attn = losses.attention_relation_kl(qkv["q"], qkv["k"], t_out.qkv["q"], t_out.qkv["k"], heads)
         value = losses.value_relation_kl(qkv["v"], t_out.qkv["v"], heads)
         terms[f"t{i}_relation"] = (attn + value) * spec.relation_weight
-    return terms
+    return terms, t_logits
 
 
 def _n_vocab(t: Teacher, inner: DistillModule) -> int | None:
@@ -177,8 +176,9 @@ def compute_loss(module: nn.Module, teachers: Sequence[Teacher], ids: torch.Tens
     for i, t in enumerate(teachers):
         n_vocab = _n_vocab(t, inner)
         s = s_logits[..., :n_vocab] if n_vocab else s_logits
-        for name, value in _teacher_terms(i, t, s, inner, qkv, projected, ids, cached[i], n_vocab,
-                                          relation_layer, autocast, weights).items():
+        terms_i, _ = _teacher_terms(i, t, s, inner, qkv, projected, ids, cached[i], n_vocab,
+                                    relation_layer, autocast, weights)
+        for name, value in terms_i.items():
             terms[name] = value * t.spec.weight
     total = torch.stack(list(terms.values())).sum()
     return LossParts(total, {k: float(v.detach()) for k, v in terms.items()})
@@ -196,9 +196,9 @@ def _chunked_loss(module: nn.Module, inner: DistillModule, teachers: Sequence[Te
     terms: dict[str, torch.Tensor] = {}
     targets = []
     for i, t in enumerate(teachers):
-        extra = _teacher_terms(i, t, None, inner, qkv, projected, ids, cached[i], _n_vocab(t, inner),
-                               relation_layer, autocast, weights)
-        targets.append(extra.pop("teacher_logits"))
+        extra, target = _teacher_terms(i, t, None, inner, qkv, projected, ids, cached[i], _n_vocab(t, inner),
+                                       relation_layer, autocast, weights)
+        targets.append(target)
         terms.update({name: value * t.spec.weight for name, value in extra.items()})
     logit_terms = _chunked_logit_terms(inner, teachers, out.last_hidden_state[:, :-1], ids, targets, ce_weight,
                                        autocast, weights, head_chunk)

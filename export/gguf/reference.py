@@ -50,10 +50,6 @@ def q8_k_values(flat: torch.Tensor) -> torch.Tensor:
     return torch.where(zero, torch.zeros_like(b), q * d).reshape(flat.shape)
 
 
-def q8_0_codes(flat: torch.Tensor):
-    return formats.codes(flat, "Q8_0")
-
-
 def _round_input(kind: str):
     def hook(module, args):
         x = args[0]
@@ -83,7 +79,7 @@ def _affine_forward(module: torch.nn.Linear, mins: torch.Tensor, x: torch.Tensor
     """A Q4_1 / Q5_1 weight against Q8_1 activations, as ggml_vec_dot_q4_1_q8_1 sums it:
     per block d_w d_a sum(q_w q_a) + m_w s_a, with s_a = fp16(d_a * sum(q_a))."""
     flat = x.reshape(-1, x.shape[-1]).float()
-    c = q8_0_codes(flat)   # Q8_1's d and q are Q8_0's
+    c = formats.codes(flat, "Q8_0")   # Q8_1's d and q are Q8_0's
     xq = (c.q * formats.fp16_round(c.d)).reshape(flat.shape)
     s = formats.fp16_round(c.d * c.q.sum(-1, keepdim=True)).reshape(flat.shape[0], -1)   # (N, in / 32)
     scaled = module.weight - mins.repeat_interleave(formats.block_size("Q8_0"), dim=1)
