@@ -3,8 +3,9 @@
 The gates of export.validate (GATES: per --type, llama.cpp against torch running the file's own
 values: max relative |dlogit|, mean KL, top-1 agreement) and of export.gguf.blockcheck
 (BLOCK_LIMIT: the worst block per tensor type against the model's weights) are set from these
-numbers with the margins stated beside them; tests/export/test_validation_gates.py checks that every
-gate keeps its margin over the measured worst case.
+numbers with the margins stated beside them (proposed_gates(), printed at the end of a run, is the
+rule); tests/export/test_validation_gates.py checks that every gate keeps its margin over the
+measured worst case.
 
 Rows: every --type of export.gguf.types for each model (the zoo's SmolLM2 and gemma3, and the tiny
 random models the tests export: their gates must hold there too), written with `--method rtn` and, for the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -135,6 +137,31 @@ def worst(rows: list[dict]) -> dict:
     return {"gates": gates, "block_max_rel": blocks, "onnx": onnx}
 
 
+MARGIN = 1.5   # export.validate.GATE_MARGIN
+
+
+def _up(x: float, digits: int = 2) -> float:
+    """x rounded up to `digits` significant digits."""
+    if x <= 0:
+        return x
+    e = math.floor(math.log10(x)) - digits + 1
+    return round(math.ceil(x / 10 ** e - 1e-9) * 10 ** e, max(-e, 0))
+
+
+def proposed_gates(w: dict) -> dict:
+    """The gate constants the worst values imply (how GATES, BLOCK_LIMIT and QUANT_LIMITS were set):
+    1.5x the worst, top-1 1 - 1.5 (1 - worst) floored at 0 (at most 0.99 for GGUF); block limits
+    1.2x where 1.5x would reach 1 and for the ternary types."""
+    def top(worst: float, cap: float) -> float:
+        return max(math.floor((1 - max((1 - worst) * MARGIN, 1 - cap)) * 1000) / 1000, 0.0)
+    gates = {t: {"max_rel_diff": _up(max(g["max_rel_diff"] * MARGIN, 1e-4)), "max_kl": _up(max(g["max_kl"] * MARGIN, 1e-5)),
+                 "min_top1": top(g["min_top1"], 0.99)} for t, g in w["gates"].items()}
+    blocks = {t: max(_up(v * (1.2 if t.startswith("TQ") or v * MARGIN >= 0.99 else MARGIN)), 1e-6)
+              for t, v in sorted(w["block_max_rel"].items())}
+    onnx = {p: {"max_kl": _up(g["max_kl"] * MARGIN), "min_top1": top(g["min_top1"], 1.0)} for p, g in w["onnx"].items()}
+    return {"GATES": gates, "BLOCK_LIMIT": blocks, "QUANT_LIMITS": onnx}
+
+
 def main() -> None:
     from export.gguf import types as gtypes
     from export.gguf.quantize import NEEDS_IMATRIX
@@ -175,6 +202,7 @@ def main() -> None:
         (a.work / model / "f32.gguf").unlink(missing_ok=True)
     measured = [rows[key] for key in rows if key.split("/")[0] in a.models and
                 (key.split("/")[1] in a.types or key.split("/")[1:] in [["onnx", p] for p in a.onnx])]
+    print(json.dumps(proposed_gates(worst(measured)), indent=1))   # compare with the constants in the code
     path = write_result("validation", {
         "models": a.models, "types": a.types, "methods": ["rtn", "imatrix (llama.cpp's quantizer)"],
         "imatrix_calibration": f"{CALIB_TOKENS} tokens of {' + '.join(CALIB)}",
