@@ -41,6 +41,7 @@ CORPUS_FLAGS = (
     flag("--prompts", type=Path, default=None, help="one prompt per line, cycled (default: from BOS)"),
     flag("--seed", type=int, default=0),
     flag("--threads", type=int, default=None),
+    flag("--sequences", type=int, default=32, help="documents decoded together in one llama.cpp batch (default 32)"),
 )
 
 PROFILE_FLAGS = (
@@ -141,7 +142,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
     cfg = CorpusConfig(tokens=args.tokens, max_tokens=args.max_tokens, min_tokens=args.min_tokens,
                        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                       prompts=str(args.prompts) if args.prompts else None, threads=args.threads)
+                       prompts=str(args.prompts) if args.prompts else None, threads=args.threads,
+                       sequences=args.sequences)
     write_corpus(args.teacher, args.output, cfg)
     return 0
 

@@ -60,3 +60,47 @@ def test_an_interrupted_corpus_resumes_where_it_stopped(teacher_gguf, tmp_path, 
                      progress=False, log=lambda m: None)
     write_corpus(str(teacher_gguf), tmp_path / "c.txt", cfg, progress=False, log=lambda m: None)
     assert (tmp_path / "c.txt").read_text() == (tmp_path / "ref.txt").read_text()
+
+
+def test_sample_token_follows_the_truncated_distribution():
+    import numpy as np
+
+    from export.runtime import sample_token
+
+    logits = np.log(np.array([0.5, 0.25, 0.125, 0.0625, 0.0625], dtype=np.float32))
+    rng = np.random.default_rng(0)
+    n = 20000
+    full = np.bincount([sample_token(logits, rng) for _ in range(n)], minlength=5) / n
+    assert np.abs(full - np.exp(logits)).max() < 0.015           # ~4 standard errors at n=20000
+    top2 = np.bincount([sample_token(logits, rng, top_k=2) for _ in range(n)], minlength=5) / n
+    assert top2[2:].sum() == 0 and abs(top2[0] - 2 / 3) < 0.015
+    nucleus = np.bincount([sample_token(logits, rng, top_p=0.7) for _ in range(n)], minlength=5) / n
+    assert nucleus[2:].sum() == 0 and abs(nucleus[0] - 2 / 3) < 0.015   # 0.5 < 0.7 <= 0.75: two tokens
+    cold = np.bincount([sample_token(logits, rng, temperature=0.05) for _ in range(2000)], minlength=5)
+    assert cold[0] == 2000
+
+
+def test_batched_sequences_sample_what_one_at_a_time_samples(teacher_gguf):
+    """A sequence's tokens depend on its seed, not on the slot or the company it ran in."""
+    import numpy as np
+
+    from export.runtime import BatchedGenerator, LlamaRunner
+
+    runner = LlamaRunner(teacher_gguf, n_ctx=64, threads=1)
+    prompts = [[runner.bos_id] + runner.tokenize(t) for t in ("", "Once upon", "The robot", "a", "two", "")]
+
+    def run(slots):
+        gen = BatchedGenerator(runner, slots=slots, max_len=64, threads=1)
+        try:
+            jobs = ((i, p, np.random.default_rng(100 + i)) for i, p in enumerate(prompts))
+            return dict(gen.generate(jobs, max_tokens=24))
+        finally:
+            gen.close()
+
+    try:
+        one, many = run(1), run(4)
+    finally:
+        runner.close()
+    assert sorted(one) == sorted(many) == list(range(len(prompts)))
+    assert all(0 < len(v) <= 24 for v in one.values())
+    assert one == many
