@@ -28,7 +28,7 @@ VOCAB_FILE = "gguf_vocab.json"
 HISTORY_FORMAT = 1
 WEIGHTS_GLOB = "model*.safetensors"  # save_pretrained's model.safetensors or its shards
 BLOCKS_FILE = "gguf_blocks.safetensors"  # a QAT checkpoint's trained GGUF blocks (compress.quant.qat)
-CACHE_VERSION = 2  # bump when the GGUF -> torch conversion changes, so stale conversions are ignored
+CACHE_VERSION = 3  # bump when the GGUF -> torch conversion changes, so stale conversions are ignored
 
 
 @dataclass
@@ -245,6 +245,42 @@ def load_gguf(path: Path) -> Checkpoint:
     return ckpt
 
 
+def _gguf_config(path: Path, arch: str):
+    """transformers' config of a GGUF, with what its GGUF loader leaves out read from the file: the
+    head size when it is not hidden / heads (`{arch}.attention.key_length`: Qwen3, Gemma 3, whose
+    tensors otherwise fail to load) and Llama 3's RoPE scaling from the `rope_freqs` tensor
+    (otherwise the model loads with unscaled RoPE and computes something else)."""
+    import numpy as np
+    from transformers import AutoConfig
+
+    from compress.rope import llama3_parameters
+
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    info = gguf_file.read_info(path)
+    key_length = info.get(f"{arch}.attention.key_length")
+    if key_length and (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads) != key_length:
+        config.head_dim = int(key_length)   # the attention modules read config.head_dim when it is set
+    names = {t.name for t in info.tensors}
+    if "blk.0.attn_q.bias" in names and hasattr(config, "attention_bias"):
+        config.attention_bias = True   # a pruned Qwen2 is written in llama's graph, with its q/k/v biases
+    freqs = next((t for t in info.tensors if t.name == "rope_freqs.weight"), None)
+    if freqs is not None:
+        import gguf
+
+        if freqs.type != gguf.GGMLQuantizationType.F32:
+            raise SlimkitError(f"{path.name}: rope_freqs is not F32; the file is damaged: re-export it")
+        with open(path, "rb") as f:
+            f.seek(freqs.offset)
+            factors = np.frombuffer(f.read(freqs.n_bytes), dtype=np.float32)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        rotary = int(info.get(f"{arch}.rope.dimension_count", head_dim))
+        base = float(info.get(f"{arch}.rope.freq_base", 10000.0))
+        rope = llama3_parameters(factors, base, rotary)
+        if rope is not None:
+            config.rope_parameters = rope
+    return config
+
+
 def _convert_gguf(path: Path, arch: str):
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -253,7 +289,9 @@ def _convert_gguf(path: Path, arch: str):
 
     vocab = vocab_from_gguf(path)
     tokenizer = tokenizer_from_vocab(vocab)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    config = _gguf_config(path, arch)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config,
+                                                 dtype=torch.float32)
     model.eval()
     cfg = model.config
     if hasattr(cfg, "quantization_config"):

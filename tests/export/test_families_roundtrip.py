@@ -39,6 +39,24 @@ def test_pruned_model_exports_to_validated_gguf(pruned_dir, gtype):
             assert res.validation["max_abs_diff"] < 1e-3, res.validation
 
 
+def test_pruned_model_loads_back_from_its_gguf(pruned_dir, tmp_path):
+    """A GGUF of every family is also an input: loading the pruned model's F32 file back gives its
+    logits (Qwen3's head size and Llama 3's RoPE scaling are not in transformers' GGUF config)."""
+    import torch
+
+    from compress.checkpoint import load_gguf
+
+    name, root = pruned_dir
+    ref = load(root / "pruned")
+    path = tmp_path / f"{name}.gguf"
+    export_gguf(ref, path, "F32", validate=False)
+    back = load_gguf(path)
+    ids = torch.tensor([[1, 5, 9, 20, 33, 7, 64, 3]])
+    with torch.no_grad():
+        diff = (back.model(ids).logits - ref.model(ids).logits).abs().max().item()
+    assert diff < 1e-4, (name, diff)
+
+
 def test_pruned_model_exports_to_validated_onnx(pruned_dir):
     pytest.importorskip("onnxruntime_genai")
     import json

@@ -1,12 +1,11 @@
 """Llama family (SmolLM2, Llama 2/3 without rope scaling, TinyLlama, ...)."""
 from __future__ import annotations
 
-import math
-
 import gguf
 import torch
 
 from compress.errors import SlimkitError
+from compress.rope import llama3_factors
 from export.gguf.arch.base import ArchSpec, register
 
 
@@ -17,21 +16,8 @@ def permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def llama3_rope_factors(rope: dict, head_dim: int) -> torch.Tensor:
-    """Per-frequency divisors of Llama 3.1's RoPE scaling (rope_type "llama3"), the `rope_freqs`
-    tensor llama.cpp multiplies its frequencies' wavelengths by (as its converter writes it):
-    wavelengths shorter than original_context / high_freq_factor keep their frequency, longer than
-    original_context / low_freq_factor are divided by `factor`, and those between interpolate."""
-    base = float(rope.get("rope_theta", 500_000.0))
-    factor = float(rope.get("factor", 8.0))
-    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
-    old_ctx = float(rope.get("original_max_position_embeddings", 8192))
-    freqs = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    wavelen = 2 * math.pi / freqs
-    smooth = (old_ctx / wavelen - low) / (high - low)
-    mid = 1.0 / ((1 - smooth) / factor + smooth)
-    out = torch.where(wavelen < old_ctx / high, torch.ones_like(wavelen),
-                      torch.where(wavelen > old_ctx / low, torch.full_like(wavelen, factor), mid))
-    return out.to(torch.float32)
+    """The `rope_freqs` tensor of Llama 3.1's RoPE scaling, as llama.cpp's converter writes it."""
+    return torch.from_numpy(llama3_factors(rope, head_dim)).to(torch.float32)
 
 
 @register
