@@ -42,9 +42,20 @@ def render_export(doc: dict) -> list[str]:
         f"Perplexity: {m['ppl_protocol']} of `{m['ppl_text']}`.  ",
         f"Top-1: {m['top1_protocol']}.", "",
     ]
-    lines += _table(["type", "file MB", "ppl", "top-1 agreement", "mean KL"],
-                    [[r["type"], r["file_mb"], r["ppl"], r["top1_agreement"], r["mean_kl"]] for r in m["ladder"]])
+    lines += _ladder(m["ladder"])
+    for name, sec in m.get("models", {}).items():
+        lines += ["", f"### `{name}` (commit `{sec['git_commit'][:12]}`, {sec['date']}, `{sec['command']}`)", "",
+                  f"`export_seconds` {sec['export_seconds']}, `reference_seconds` {sec['reference_seconds']} "
+                  f"({sec['reference']}), `time_ratio` {sec['time_ratio']}, `tensors_identical` "
+                  f"{sec['tensors_identical']}" + (f" (differing: {', '.join(sec['differing_tensors'][:5])})"
+                                                   if sec["differing_tensors"] else "") + ".", ""]
+        lines += _ladder(sec["ladder"])
     return lines + [""]
+
+
+def _ladder(rows: list[dict]) -> list[str]:
+    return _table(["type", "file MB", "ppl", "top-1 agreement", "mean KL"],
+                  [[r["type"], r["file_mb"], r["ppl"], r["top1_agreement"], r["mean_kl"]] for r in rows])
 
 
 def render_devices(doc: dict) -> list[str]:
