@@ -222,7 +222,8 @@ def run(a: argparse.Namespace) -> dict:
         # resumes: only records missing from the cache are generated (the first --teacher-records, by id)
         generated = pool.submit(_slimkit, a, "rationale", "generate", "--task", str(full), "--teacher", a.teacher,
                                 "--name", "local", "--k-shot", str(a.k_shot), "--limit", str(a.teacher_records),
-                                "--max-tokens", str(a.teacher_tokens), "-o", str(gen), log=work / "generate.log")
+                                "--max-tokens", str(a.teacher_tokens), "--answer-format", a.answer_format,
+                                "-o", str(gen), log=work / "generate.log")
         jobs = {
             "label_only": pool.submit(_train_and_eval, work, "label_only", full, [], [], a),
             "step_by_step": pool.submit(_train_and_eval, work, "step_by_step", full, ["palm"], [], a),

@@ -118,9 +118,10 @@ def load_rationales(path: str | os.PathLike, *, include_inconsistent: bool = Fal
 
 
 def _generate_one(record: TaskRecord, source: RationaleSource, sampler: ExampleSampler, template: PromptTemplate,
-                  example_teacher: str, retries: int, backoff: float) -> tuple[str, str] | None:
+                  example_teacher: str, retries: int, backoff: float, answer_format: str = "letter"
+                  ) -> tuple[str, str] | None:
     """(prompt sha, text), or None when this record failed. Fatal errors propagate."""
-    prompt = build_prompt(record, sampler(record), template, example_teacher)
+    prompt = build_prompt(record, sampler(record), template, example_teacher, answer_format)
     for attempt in range(retries + 1):
         try:
             return prompt.sha, source.generate(prompt, record)
@@ -139,11 +140,13 @@ def generate_rationales(records: list[TaskRecord], source: RationaleSource, out_
                         teacher_name: str | None = None, examples: list[TaskRecord] | None = None, k_shot: int = 4,
                         concurrency: int = 4, seed: int = 0, template: PromptTemplate | None = None,
                         example_teacher: str = PALM, retries: int = 2, backoff: float = 1.0,
-                        progress: bool = True) -> GenerationReport:
+                        progress: bool = True, answer_format: str = "letter") -> GenerationReport:
     """Generate SOURCE's rationale for every record not yet in OUT_JSONL (under TEACHER_NAME, default
     the source's name), with K_SHOT in-context examples from EXAMPLES (default: RECORDS themselves).
     Up to CONCURRENCY requests run at once (capped by the source); transient failures are retried
-    RETRIES times with exponential BACKOFF seconds."""
+    RETRIES times with exponential BACKOFF seconds. Choices and answers are shown in ANSWER_FORMAT
+    (the student's; recorded in each entry when not "letter"); a cached record of the other format
+    is refused, not silently reused."""
     from tqdm import tqdm
 
     if concurrency < 1 or retries < 0:
@@ -154,11 +157,15 @@ def generate_rationales(records: list[TaskRecord], source: RationaleSource, out_
     if not out.parent.is_dir():
         raise SlimkitError(f"directory {out.parent} does not exist; create it or choose another -o")
     teacher = teacher_name or source.name
-    done = {(e["id"], e["teacher"]) for e in read_cache(out, repair=True)}
-    todo = [r for r in records if (r.id, teacher) not in done]
+    cached = {e["id"]: e.get("answer_format", "letter") for e in read_cache(out, repair=True) if e["teacher"] == teacher}
+    todo = [r for r in records if r.id not in cached]
     report = GenerationReport(skipped_cached=len(records) - len(todo), out=out)
     sampler = ExampleSampler(examples if examples is not None else records, k_shot, seed, example_teacher)
     template = template or PromptTemplate()
+    other = next((r.id for r in records if cached.get(r.id, answer_format) != answer_format), None)
+    if other is not None:
+        raise SlimkitError(f"{out} holds {teacher}'s rationale for {other} written for the "
+                           f"{cached[other]} answer format, not {answer_format}; write to another -o or delete it")
     workers = max(1, min(concurrency, source.max_concurrency))
     bar = tqdm(total=len(todo), desc=f"rationales ({teacher})", unit="rec", disable=not progress or not todo,
                file=sys.stderr, delay=0.5)
@@ -169,12 +176,12 @@ def generate_rationales(records: list[TaskRecord], source: RationaleSource, out_
             while True:
                 for rec in islice(queue, 2 * workers - len(pending)):  # bounded: a huge task never floods memory
                     pending[pool.submit(_generate_one, rec, source, sampler, template, example_teacher,
-                                        retries, backoff)] = rec
+                                        retries, backoff, answer_format)] = rec
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in [f for f in pending if f in finished]:  # in record order: a set's order is arbitrary
-                    _record_result(pending.pop(fut), fut.result(), teacher, f, report)
+                    _record_result(pending.pop(fut), fut.result(), teacher, f, report, answer_format)
                     bar.update(1)
                     bar.set_postfix(inconsistent=report.inconsistent, failed=report.failed, empty=report.empty,
                                     refresh=False)
@@ -190,7 +197,7 @@ def generate_rationales(records: list[TaskRecord], source: RationaleSource, out_
 
 
 def _record_result(rec: TaskRecord, result: tuple[str, str] | None, teacher: str, f: Any,
-                   report: GenerationReport) -> None:
+                   report: GenerationReport, answer_format: str = "letter") -> None:
     if result is None:
         report.failed += 1
         report.failed_ids.append(rec.id)
@@ -201,7 +208,9 @@ def _record_result(rec: TaskRecord, result: tuple[str, str] | None, teacher: str
         report.empty_ids.append(rec.id)
         return
     f.write(json.dumps({"id": rec.id, "teacher": teacher, "prompt_sha": result[0], "rationale": rationale,
-                        "stated_answer": stated, "consistent": consistent}, ensure_ascii=False) + "\n")
+                        "stated_answer": stated, "consistent": consistent,
+                        **({"answer_format": answer_format} if answer_format != "letter" else {})},
+                       ensure_ascii=False) + "\n")
     f.flush()
     report.generated += 1
     report.inconsistent += not consistent
@@ -212,7 +221,8 @@ def generate_for_task(task: str, teacher: str, out_jsonl: str | os.PathLike, *, 
                       concurrency: int = 4, max_tokens: int = 128, temperature: float = 0.0, seed: int = 0,
                       template: str | os.PathLike | PromptTemplate | None = None, timeout: float = 60.0,
                       retries: int = 2, api_key_env: str = "OPENAI_API_KEY", example_teacher: str = PALM,
-                      chat: bool | None = None, progress: bool = True) -> tuple[TaskData, GenerationReport]:
+                      chat: bool | None = None, progress: bool = True, answer_format: str = "letter"
+                      ) -> tuple[TaskData, GenerationReport]:
     """`slimkit rationale generate`: load TASK (a bundled name or a schema file), make the TEACHER source
     (a spec for `make_source`), generate into OUT_JSONL. In-context examples come from the task's train
     split (a user file: the file itself)."""
@@ -239,5 +249,6 @@ def generate_for_task(task: str, teacher: str, out_jsonl: str | os.PathLike, *, 
                          concurrency=concurrency, chat=chat)
     report = generate_rationales(data.records, source, out_jsonl, teacher_name=name, examples=pool, k_shot=k_shot,
                                  concurrency=concurrency, seed=seed, template=template,
-                                 example_teacher=example_teacher, retries=retries, progress=progress)
+                                 example_teacher=example_teacher, retries=retries, progress=progress,
+                                 answer_format=answer_format)
     return data, report

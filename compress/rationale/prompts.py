@@ -8,6 +8,11 @@ exchange: a system message (the instruction) and one user message (examples, the
 Every part is a `str.format` template (`PromptTemplate`); override any of them from a YAML/JSON
 file (`PromptTemplate.from_file`, CLI ``--template``). Placeholders: {question}, {context},
 {letter}, {choice}, {answer} (for multiple choice "(b) bridge"), {rationale}.
+
+The answer format the student is trained in (compress.rationale.formats) decides how choices and
+answers are shown to the teacher too: "letter" lists "(b) bridge" and answers "(b) bridge"; "text"
+lists the choices by their words (`choice_text`) and answers "bridge", so that a rationale's
+"So the answer is ..." is in the words the student learns, with no letter bound to a choice.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from compress.rationale.tasks import LETTERS, PALM, TaskRecord
 
 # Placeholders each part may use.
 _ALLOWED = {"system": set(), "context": {"context"}, "question": {"question"}, "choices_header": set(),
-            "choice": {"letter", "choice"}, "answer": {"answer"}, "example_rationale": {"rationale", "answer"},
+            "choice": {"letter", "choice"}, "choice_text": {"choice"}, "answer": {"answer"}, "example_rationale": {"rationale", "answer"},
             "query_rationale": {"answer"}, "separator": set()}
 
 
@@ -36,6 +41,7 @@ class PromptTemplate:
     question: str = "Q: {question}\n"
     choices_header: str = "Answer Choices:\n"
     choice: str = "({letter}) {choice}\n"
+    choice_text: str = "- {choice}\n"     # a choice in the text answer format
     answer: str = "Correct answer: {answer}\n"
     example_rationale: str = "Explanation: {rationale} So the answer is {answer}.\n"
     query_rationale: str = "Explanation:"
@@ -95,34 +101,38 @@ class Prompt:
         return hashlib.sha256(json.dumps([self.system, self.user]).encode()).hexdigest()[:16]
 
 
-def answer_text(record: TaskRecord) -> str:
-    """The gold answer as shown to the teacher: "(b) bridge" for multiple choice, else the answer."""
-    letter = record.letter()
+def answer_text(record: TaskRecord, answer_format: str = "letter") -> str:
+    """The gold answer as shown to the teacher: "(b) bridge" for multiple choice in the letter format,
+    else the answer itself."""
+    letter = record.letter() if answer_format == "letter" else None
     return f"({letter}) {record.answer}" if letter else record.answer
 
 
-def _render_problem(record: TaskRecord, t: PromptTemplate) -> str:
+def _render_problem(record: TaskRecord, t: PromptTemplate, fmt: str) -> str:
     parts = [t.context.format(context=record.context)] if record.context else []
     parts.append(t.question.format(question=record.question))
     if record.choices:
         parts.append(t.choices_header)
-        parts += [t.choice.format(letter=LETTERS[i], choice=c) for i, c in enumerate(record.choices)]
-    parts.append(t.answer.format(answer=answer_text(record)))
+        parts += [t.choice.format(letter=LETTERS[i], choice=c) if fmt == "letter" else t.choice_text.format(choice=c)
+                  for i, c in enumerate(record.choices)]
+    parts.append(t.answer.format(answer=answer_text(record, fmt)))
     return "".join(parts)
 
 
 def build_prompt(record: TaskRecord, examples: list[TaskRecord], template: PromptTemplate | None = None,
-                 example_teacher: str = PALM) -> Prompt:
-    """The teacher-forced prompt for RECORD after EXAMPLES (shown with their EXAMPLE_TEACHER rationale if any)."""
+                 example_teacher: str = PALM, answer_format: str = "letter") -> Prompt:
+    """The teacher-forced prompt for RECORD after EXAMPLES (shown with their EXAMPLE_TEACHER rationale if
+    any), choices and answers shown in ANSWER_FORMAT."""
     t = template or PromptTemplate()
     blocks = []
     for ex in examples:
-        block = _render_problem(ex, t)
+        block = _render_problem(ex, t, answer_format)
         rationale = (ex.rationales or {}).get(example_teacher)
         if rationale:
-            block += t.example_rationale.format(rationale=rationale.strip(), answer=answer_text(ex))
+            block += t.example_rationale.format(rationale=rationale.strip(), answer=answer_text(ex, answer_format))
         blocks.append(block)
-    blocks.append(_render_problem(record, t) + t.query_rationale.format(answer=answer_text(record)))
+    blocks.append(_render_problem(record, t, answer_format)
+                  + t.query_rationale.format(answer=answer_text(record, answer_format)))
     return Prompt(system=t.system, user=t.separator.join(blocks))
 
 

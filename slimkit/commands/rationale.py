@@ -27,6 +27,8 @@ GENERATE_FLAGS = (
     flag("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key"),
     flag("--completion", action="store_true", help="send the prompt as plain text (completions) instead "
          "of chat messages (default: chat, except for a GGUF without a chat template)"),
+    flag("--answer-format", choices=["letter", "text"], default="letter", help="choices and answers shown to "
+         "the teacher as '(d) math problem' (letter, default) or by their words (text): the student's format"),
     flag("-o", "--output", required=True, type=Path, help="rationale jsonl (appended; reruns resume)"),
 )
 
@@ -64,7 +66,8 @@ def cmd_rationale_generate(args: argparse.Namespace) -> int:
         args.task, args.teacher, args.output, split=args.split, limit=args.limit, model=args.model, name=args.name,
         k_shot=args.k_shot, concurrency=args.concurrency, max_tokens=args.max_tokens, temperature=args.temperature,
         seed=args.seed, template=args.template, timeout=args.timeout, retries=args.retries,
-        api_key_env=args.api_key_env, example_teacher=args.examples_teacher, chat=False if args.completion else None)
+        api_key_env=args.api_key_env, example_teacher=args.examples_teacher, chat=False if args.completion else None,
+        answer_format=args.answer_format)
     if data.problems:
         print(f"{len(data.problems)} task records have problems (first: {data.problems[0]})", file=sys.stderr)
     c = rep.counts()

@@ -203,3 +203,26 @@ def test_cli_generate_and_bad_input(stub_server, tmp_path, capsys, closed_port):
     assert main(args[:-2] + ["-o", str(tmp_path / "r2.jsonl"), "--teacher", f"{stub_server.url}#stub",
                              "--retries", "0", "--concurrency", "1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("slimkit: error: record r0: ")
+
+
+def test_text_format_prompts_show_no_letters_and_formats_do_not_mix(tmp_path):
+    recs = mc_records(6)
+    letter = build_prompt(recs[0], recs[1:3])
+    text = build_prompt(recs[0], recs[1:3], answer_format="text")
+    assert "(a) " in letter.user and f"({recs[0].letter()}) {recs[0].answer}" in letter.user
+    assert "(a) " not in text.user and f"Correct answer: {recs[0].answer}\n" in text.user
+    assert all(f"- {c}\n" in text.user for c in recs[0].choices)
+
+    class Echo:   # a teacher that answers what its prompt calls the correct answer
+        name, max_concurrency = "echo", 1
+
+        def generate(self, prompt, record=None):
+            return f"Because. So the answer is {prompt.user.rsplit('Correct answer: ', 1)[1].splitlines()[0]}."
+
+    out = tmp_path / "r.jsonl"
+    rep = generate_rationales(recs, Echo(), out, k_shot=2, progress=False, answer_format="text")
+    assert rep.generated == 6 and rep.inconsistent == 0
+    assert all(e["answer_format"] == "text" and e["stated_answer"] == r.answer
+               for e, r in zip(sorted(_lines(out), key=lambda e: e["id"]), sorted(recs, key=lambda r: r.id)))
+    with pytest.raises(SlimkitError, match="text answer format, not letter"):
+        generate_rationales(recs, Echo(), out, k_shot=2, progress=False)
