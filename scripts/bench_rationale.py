@@ -24,17 +24,18 @@ Local teacher: qwen2.5-coder-0.5b-instruct when the zoo has it, else gemma3-270m
 keeps gemma3-270m, its recorded teacher).
 
 Budgets (--budget; any single flag overrides its preset value):
-  cpu    --steps 400 --batch-size 16 --teacher-records 500 --test 1000 --jobs 2. Sized from what one
-         one-thread job measured on this 2-core machine while other benchmarks ran (load average ~5):
-         a label-only e-SNLI step of 16 examples takes 10 s (309 tokens/s of 192-token windows as the
-         trainer counts them; ~100 real tokens/s, the trainer dropping the padding: 16 x ~62 tokens), a
-         step with rationales ~13 s (~81 tokens); evaluation 0.25 s a question; the teacher 8 s a
-         rationale (Qwen2.5-Coder-0.5B Q4_K_M, 4 examples, <= 96 tokens) and 0.6 s a few-shot answer.
-         e-SNLI: 400 x (2 x 10 + 3 x 13) = 23600 s of training (five variants), 5 x 1000 x 0.25 = 1250
-         of evaluation, 1000 x 0.6 = 600 of teacher answers, 500 x 8 = 4000 of rationales: 29450
-         job-seconds over 2 jobs = ~4.1 hours at that load, ~1.7 hours on an idle machine (a job there
-         gets a whole core instead of ~0.4). CommonsenseQA text (~64 / ~93-token examples, 1221
-         questions of five choices): ~4.7 hours at that load, ~1.9 idle.
+  cpu    --steps 120 --batch-size 16 --teacher-records 300 --test 1000 --jobs 2. Sized from measurements
+         on this 2-core machine (session of 2026-12-02, an AMD EPYC exposing AVX2 only, so training runs
+         in fp32: --precision auto picks bf16 only where the CPU has it natively, and emulated bf16 was
+         10-30x slower than fp32 there): a label-only e-SNLI step of 16 examples (trimmed to the longest,
+         ~60 tokens) took 22 s in fp32 on one thread beside a 2-thread job, 37-41 s as one of the two
+         jobs of this script while other work ran; rationale steps are ~1.5x longer; the Qwen teacher
+         took 11-15 s a rationale (Q4_K_M 0.5B, 4 examples, <= 96 tokens). The first cpu preset (400
+         steps, 500 rationales, sized from a 10 s step that was not reproduced) would have taken ~10
+         hours. This one: 120 x (2 x ~22 + 3 x ~33) s of training over five variants + 300 x 11 s of
+         rationales + ~1500 s of evaluation + ~600 s of teacher answers = ~22500 job-seconds over 2 jobs,
+         ~3.1 hours with nothing else running (more beside other work). CommonsenseQA text (~64 / ~93-token examples, 1221 questions of five choices) about
+         1.3x that.
   cuda   --steps 800 --batch-size 32 --teacher-records 150 --test 1000 --jobs 4: meant to fit 8 minutes on
          one GPU (training and evaluation run on CUDA, the teacher on the CPUs; not measured yet).
   smoke  --steps 2 --batch-size 2, 40 records, 6 questions, 2 teacher rationales: proves the wiring in
@@ -71,7 +72,7 @@ KEYS = ("subset", "steps", "batch_size", "seq_len", "lr", "test", "teacher_recor
 BUDGETS = {
     "letter": dict(subset=500, steps=40, batch_size=16, seq_len=256, lr=1e-4, test=None, teacher_records=500,
                    k_shot=4, teacher_tokens=128, jobs=2),
-    "cpu": dict(subset=None, steps=400, batch_size=16, seq_len=192, lr=1e-4, test=1000, teacher_records=500,
+    "cpu": dict(subset=None, steps=120, batch_size=16, seq_len=192, lr=1e-4, test=1000, teacher_records=300,
                 k_shot=4, teacher_tokens=96, jobs=2),
     "cuda": dict(subset=None, steps=800, batch_size=32, seq_len=192, lr=1e-4, test=1000, teacher_records=150,
                  k_shot=4, teacher_tokens=96, jobs=4),

@@ -16,12 +16,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == platform.processor():
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     mem_gb = None
@@ -29,8 +30,10 @@ def machine() -> dict[str, Any]:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
-    info = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb,
-            "python": platform.python_version()}
+    # the same "AMD EPYC" model name has come with and without AVX-512 / BF16 (sessions differ): record which
+    vector = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
+    info = {"platform": platform.platform(), "cpu": cpu, "cpu_vector_flags": vector, "cores": os.cpu_count(),
+            "memory_gb": mem_gb, "python": platform.python_version()}
     from importlib.metadata import PackageNotFoundError, version
 
     for dist in ("torch", "transformers", "gguf", "llama-cpp-python"):
