@@ -169,9 +169,10 @@ class BatchedGenerator:
                     exhausted = True
                     break
                 key, prompt, rng = job
-                if not prompt or len(prompt) + max_tokens > self.max_len:
+                if not prompt or len(prompt) + max_tokens > self.max_len or len(prompt) > self.n_batch:
                     raise ValueError(f"a prompt of {len(prompt)} tokens + {max_tokens} does not fit "
-                                     f"{self.max_len} per sequence" if prompt else "an empty prompt")
+                                     f"{self.max_len} per sequence and a batch of {self.n_batch}"
+                                     if prompt else "an empty prompt")
                 active[free.pop()] = [key, rng, 0, list(prompt), []]
             if not active:
                 return

@@ -309,6 +309,7 @@ def run_all(a: argparse.Namespace, row: dict | None) -> dict:
     _write(a, m, row)
     data = [str(SHARED_DATA / "text" / f) for f in TRAIN]
     seconds = done.setdefault("seconds", {})
+    m.update({f"ppl_{v}": done[v] for v in VARIANTS if v in done})   # measured earlier: kept whatever --variants
     for name in a.variants:
         out = a.work / name
         if name not in done and not (out / "slimkit.json").is_file():
